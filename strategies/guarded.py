@@ -1,0 +1,164 @@
+"""`GuardedStrategy`: a wrapper that makes any Message-API strategy survive bad clients.
+
+Flower's FedAvg ends the whole run (`InconsistentMessageReplies`) when one reply is malformed.
+The wrapper checks every reply first (`reply_check`), drops the bad ones with a logged reason,
+notes the clients that did not answer within the round timeout, keeps per-client metrics and
+timings for the run record, and hands only good replies to the wrapped strategy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from strategies.reply_check import ArraySpec, array_spec, check_reply, majority_keys, metric_keys
+
+PARTITION_KEY = "partition-id"
+
+
+@dataclass
+class RoundLog:
+    """What happened in one round, as it goes into ``metrics.jsonl``."""
+
+    round: int
+    started: float = field(default_factory=time.time)
+    clients: dict[str, dict[str, float]] = field(default_factory=dict)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Weighted mean of every scalar metric, leaving out ids and the weight itself."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    total = sum(float(m[weight_key]) for m in metrics)
+    out = MetricRecord()
+    for key in metrics[0].keys():
+        if key in (weight_key, PARTITION_KEY) or isinstance(metrics[0][key], list):
+            continue
+        out[key] = sum(float(m[key]) * float(m[weight_key]) for m in metrics) / total
+    return out
+
+
+class GuardedStrategy(Strategy):
+    """Validate replies before the wrapped strategy aggregates them.
+
+    ``round_offset`` shifts the round numbers the wrapped strategy sees (a resumed run goes on
+    counting where it stopped).
+    """
+
+    def __init__(self, inner: Strategy, weight_key: str = "num-examples",
+                 round_offset: int = 0) -> None:
+        self.inner = inner
+        self.weight_key = weight_key
+        self.round_offset = round_offset
+        self.rounds: dict[int, RoundLog] = {}
+        self._spec: ArraySpec = {}
+        self._sent: list[Message] = []
+        self._partition_of: dict[int, int] = {}
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> GuardedStrategy: replies are validated; bad ones are dropped")
+        self.inner.summary()
+
+    def round_log(self, server_round: int) -> RoundLog:
+        rnd = server_round + self.round_offset
+        return self.rounds.setdefault(rnd, RoundLog(rnd))
+
+    # --- train --------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.round_log(server_round).started = time.time()
+        self._spec = array_spec(arrays)
+        self._sent = list(self.inner.configure_train(server_round + self.round_offset, arrays,
+                                                     config, grid))
+        return self._sent
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        entry = self.round_log(server_round)
+        entry.durations["train_s"] = time.time() - entry.started
+        valid = self._keep_valid(entry, list(replies), "train", self._spec)
+        if not valid:
+            log(WARNING, "round %d: no valid train reply; the global model is unchanged",
+                entry.round)
+            return None, None
+        arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, valid)
+        entry.extra["train"] = dict(metrics or {})
+        return arrays, metrics
+
+    # --- evaluate -----------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        self.round_log(server_round).extra["evaluate_started"] = time.time()
+        self._sent = list(self.inner.configure_evaluate(server_round + self.round_offset, arrays,
+                                                        config, grid))
+        return self._sent
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        entry = self.round_log(server_round)
+        started = entry.extra.pop("evaluate_started", time.time())
+        entry.durations["evaluate_s"] = time.time() - started
+        valid = self._keep_valid(entry, list(replies), "evaluate", None)
+        if not valid:
+            return None
+        metrics = self.inner.aggregate_evaluate(server_round + self.round_offset, valid)
+        entry.extra["evaluate"] = dict(metrics or {})
+        return metrics
+
+    # --- shared -------------------------------------------------------------------------
+    def _client_name(self, node_id: int) -> str:
+        pid = self._partition_of.get(node_id)
+        return f"partition {pid}" if pid is not None else f"node {node_id}"
+
+    def _drop(self, entry: RoundLog, stage: str, node_id: int, reason: str) -> None:
+        who = self._client_name(node_id)
+        log(WARNING, "round %d %s: dropped reply of %s: %s", entry.round, stage, who, reason)
+        entry.dropped.append({"stage": stage, "node": node_id, "client": who, "reason": reason})
+
+    def _keep_valid(self, entry: RoundLog, replies: list[Message], stage: str,
+                    spec: ArraySpec | None) -> list[Message]:
+        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        answered: set[int] = set()
+        candidates: list[Message] = []
+        for msg in replies:
+            node = dst_of.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            answered.add(node)
+            reason = check_reply(msg, self.weight_key, spec)
+            if reason:
+                self._drop(entry, stage, node, reason)
+            else:
+                candidates.append(msg)
+        for node in sorted(set(dst_of.values()) - answered):
+            self._drop(entry, stage, node, "no reply within the round timeout")
+        keys = majority_keys(candidates)
+        valid = []
+        for msg in candidates:
+            if metric_keys(msg) != keys:
+                diff = sorted(metric_keys(msg) ^ keys)
+                self._drop(entry, stage, msg.metadata.src_node_id,
+                           f"metric keys differ from the other clients: {diff}")
+                continue
+            valid.append(msg)
+            self._record_client(entry, stage, msg)
+        return valid
+
+    def _record_client(self, entry: RoundLog, stage: str, msg: Message) -> None:
+        metrics = next(iter(msg.content.metric_records.values()))
+        pid = metrics.get(PARTITION_KEY)
+        if pid is not None:
+            self._partition_of[msg.metadata.src_node_id] = int(pid)
+        name = str(int(pid)) if pid is not None else f"node-{msg.metadata.src_node_id}"
+        row = entry.clients.setdefault(name, {})
+        for key, value in metrics.items():
+            if key != PARTITION_KEY and not isinstance(value, list):
+                row[f"{stage}.{key}"] = float(value)

@@ -1,0 +1,77 @@
+"""End to end: a real Flower simulation (Ray) through `fedprivacy run`'s code path."""
+
+import json
+import subprocess
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from fedprivacy.config import load_config
+from simulations.runner import run_experiment
+
+pytestmark = pytest.mark.e2e
+
+FAST = ["train.steps=5", "data.train_per_client=16", "data.val_per_client=8",
+        "simulation.num_clients=3", "strategy.min_clients=3", "rounds=2"]
+
+
+def _flower_processes():
+    """Live (not zombie) Flower or Ray processes."""
+    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    names = ("flower-superlink", "flwr-simulation", "flower-superexec", "raylet", "gcs_server")
+    return [line for line in out.splitlines()
+            if not line.startswith("Z") and any(n in line for n in names)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, FAST + [f"out_dir={out}", "client.fail_partitions=[2]"])
+    run_experiment(cfg, progress=False)
+    return out
+
+
+def test_run_folder_is_complete(run_dir):
+    # Assert: every artefact of a run is there
+    for name in ("config.yaml", "versions.json", "metrics.jsonl", "summary.json", "summary.md",
+                 "curves.png", "flower.log"):
+        assert (run_dir / name).is_file(), name
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert {"eval_loss", "eval_ppl"} <= set(rounds[2]["server"])
+    assert set(rounds[1]["clients"]) == {"0", "1"}
+    assert "train.train_loss" in rounds[1]["clients"]["0"]
+    assert rounds[2]["durations"]["round_s"] > 0
+
+
+def test_failing_client_is_dropped_and_rounds_go_on(run_dir):
+    # Assert: partition 2 raises in every train round; the run still completes both rounds
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rounds[1:]:
+        reasons = [d["reason"] for d in r["dropped"] if d["stage"] == "train"]
+        assert len(reasons) == 1 and "injected failure on partition 2" in reasons[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["dropped_replies"] == 2
+
+
+def test_final_model_reloads_with_from_pretrained(run_dir):
+    # Execute
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    # Assert
+    assert model.config.model_type == "llama"
+
+
+def test_no_process_is_left_behind(run_dir):
+    assert _flower_processes() == []
+
+
+def test_resume_continues_after_the_last_checkpoint(run_dir):
+    # Prepare: the finished 2-round run, now asked for 3 rounds
+    cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "rounds=3"])
+    # Execute
+    run_experiment(cfg, progress=False)
+    # Assert: round 3 was trained from the round-2 checkpoint, rounds 0..2 not redone
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == [0, 1, 2, 3]
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 3
+    assert _flower_processes() == []
