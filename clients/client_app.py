@@ -29,7 +29,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics = run_pipeline(job)
     if job.local_only:
         job.keep_local_model()
-    metrics[SCORE_KEY] = validation_score(job)
+    if job.cfg.strategy.name == "fewfedweight":  # adaptive aggregation weighs by this score
+        metrics[SCORE_KEY] = validation_score(job)
     metrics.update({"num-examples": len(job.res.data.train), "partition-id": job.partition_id,
                     "seconds": time.perf_counter() - started})
     return Message(RecordDict({"arrays": ArrayRecord(job.model.state_dict()),

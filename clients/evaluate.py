@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from clients.job import ClientJob
 from fedprivacy.evaluation import evaluate_loss, perplexity, task_accuracy
+from fedprivacy.privacy.ledger import canary_leakage
 
 
 def evaluate_job(job: ClientJob) -> dict[str, float]:
@@ -15,6 +16,10 @@ def evaluate_job(job: ClientJob) -> dict[str, float]:
     if task is not None:
         metrics["accuracy"] = task_accuracy(job.model, job.res.tokenizer, task,
                                             job.res.data.validation, cfg.train.eval_batch_size)
+    if cfg.evaluation.privacy and job.res.data.canaries:
+        leak = canary_leakage(job.model, job.res.tokenizer, job.res.data.canaries,
+                              cfg.evaluation.exposure, cfg.evaluation.exposure_samples, cfg.seed)
+        metrics.update({f"privacy.{k}": v for k, v in leak.items()})
     return metrics
 
 

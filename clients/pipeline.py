@@ -1,6 +1,6 @@
 """The local pipeline: one training step, then post-training steps, composed by config.
 
-``client.steps: [sft | dp_sgd | swing, depn]``. Each step takes the `ClientJob`, changes its
+``client.steps: [sft | dp_sgd | swing | kd, depn]``. Each step takes the `ClientJob`, changes its
 model in place and returns its metrics, which are reported as ``<step>.<metric>``.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from clients.job import ClientJob
+from clients.privacy_steps import depn_step, dp_sgd_step, kd_step, swing_step
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.pseudo import pseudo_from_config
 from fedprivacy.training import sft
@@ -46,6 +47,10 @@ def sft_step(job: ClientJob) -> dict[str, float]:
 
 STEPS: dict[str, Step] = {
     "sft": sft_step,
+    "dp_sgd": dp_sgd_step,
+    "swing": swing_step,
+    "kd": kd_step,
+    "depn": depn_step,
 }
 
 

@@ -61,7 +61,8 @@ class DEPNConfig:
 
 @dataclass
 class ClientConfig:
-    # Local pipeline: one training step (sft | dp_sgd | swing), then post-training steps (depn).
+    # Local pipeline: one training step (sft | dp_sgd | swing | kd), then post-training
+    # steps (depn). kd = plain distillation from a local teacher, swing's baseline.
     steps: list[str] = field(default_factory=lambda: ["sft"])
     dp: DPConfig = field(default_factory=DPConfig)
     swing: SwingConfig = field(default_factory=SwingConfig)
@@ -135,7 +136,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "client.swing.noise": ("gaussian", "laplace"),
     "evaluation.exposure": ("exact", "extrapolated", "digitwise"),
 }
-TRAIN_STEPS = ("sft", "dp_sgd", "swing")
+TRAIN_STEPS = ("sft", "dp_sgd", "swing", "kd")
 POST_STEPS = ("depn",)
 
 

@@ -141,8 +141,36 @@ def summarize(cfg: ExperimentConfig, rounds: list[dict[str, Any]], started: floa
     evaluate = [r["evaluate"] for r in rounds if r.get("evaluate")]
     if evaluate:
         summary["clients_final"] = evaluate[-1]
+    trained = [r for r in rounds if r.get("clients")]
+    if trained:
+        summary["privacy"] = privacy_ledger(trained[-1])
     summary.update(extra or {})
     return summary
+
+
+def privacy_ledger(record: dict[str, Any]) -> dict[str, Any]:
+    """Privacy figures of a round: canary exposure and extraction of the global model (as the
+    clients measured it), ε and δ of DP-SGD (the largest over clients), DEPN's edits."""
+    clients = record.get("clients", {})
+    ledger: dict[str, Any] = {}
+    evaluate = record.get("evaluate", {})
+    for key in ("privacy.exposure_mean", "privacy.extraction_rate"):
+        if key in evaluate:
+            ledger[key.split(".", 1)[1]] = evaluate[key]
+    per_canary = {c: row["evaluate.privacy.exposure"] for c, row in clients.items()
+                  if "evaluate.privacy.exposure" in row}
+    if per_canary:
+        ledger["exposure_per_canary"] = per_canary
+    epsilons = [row["train.dp_sgd.epsilon"] for row in clients.values()
+                if "train.dp_sgd.epsilon" in row]
+    if epsilons:
+        ledger["epsilon"] = max(epsilons)
+        ledger["delta"] = max(row["train.dp_sgd.delta"] for row in clients.values()
+                              if "train.dp_sgd.delta" in row)
+    edited = [row["train.depn.edited"] for row in clients.values() if "train.depn.edited" in row]
+    if edited:
+        ledger["edited_neurons_mean"] = sum(edited) / len(edited)
+    return ledger
 
 
 def _fmt(value: Any) -> str:

@@ -30,7 +30,7 @@ class RoundLog:
 
     round: int
     started: float = field(default_factory=time.time)
-    clients: dict[str, dict[str, float]] = field(default_factory=dict)
+    clients: dict[str, dict[str, float | list[float]]] = field(default_factory=dict)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -160,5 +160,6 @@ class GuardedStrategy(Strategy):
         name = str(int(pid)) if pid is not None else f"node-{msg.metadata.src_node_id}"
         row = entry.clients.setdefault(name, {})
         for key, value in metrics.items():
-            if key != PARTITION_KEY and not isinstance(value, list):
-                row[f"{stage}.{key}"] = float(value)
+            if key != PARTITION_KEY:
+                row[f"{stage}.{key}"] = ([float(v) for v in value] if isinstance(value, list)
+                                         else float(value))

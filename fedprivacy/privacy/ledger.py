@@ -1,0 +1,60 @@
+"""The privacy ledger of a model: how much it leaks a client's canaries.
+
+A canary's prefix and secret are cut from the tokenization of the whole canary sentence, so
+they are exactly the tokens the model was trained on (`<s>` included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fedprivacy.data.encoding import prompt_ids
+from fedprivacy.data.pii import Canary
+from fedprivacy.data.tokenizer import digit_token_ids
+from fedprivacy.privacy.exposure import (exposure_digitwise, exposure_exact,
+                                         exposure_extrapolated, extraction_rate)
+
+EXPOSURE_METHODS = ("exact", "extrapolated", "digitwise")
+
+
+def canary_token_ids(tokenizer: PreTrainedTokenizerBase, canary: Canary
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prefix ids, secret ids) of a canary as it is tokenized in the training text."""
+    enc = tokenizer(canary.text, add_special_tokens=False, return_offsets_mapping=True)
+    start, end = canary.span
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and start < b]
+    if not inside or inside != list(range(inside[0], inside[0] + len(canary.secret))):
+        raise ValueError(f"canary {canary.id}: its secret is not one token per digit "
+                         "under this tokenizer")
+    ids = enc["input_ids"]
+    prefix = prompt_ids(tokenizer, "")  # `<s>` where the tokenizer has one
+    return (torch.tensor(prefix + ids[:inside[0]]), torch.tensor([ids[i] for i in inside]))
+
+
+def canary_leakage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   canaries: Sequence[Canary], method: str = "digitwise",
+                   num_samples: int = 2000, seed: int = 0) -> dict[str, float | list[float]]:
+    """Exposure of each canary (Carlini et al. 2019), its mean, and the greedy extraction rate.
+
+    ``method``: ``exact`` (all 10^n candidates; n <= 5), ``extrapolated`` (skew-normal fit on
+    ``num_samples`` sampled candidates) or ``digitwise`` (DEPN's digit-by-digit rank).
+    """
+    if method not in EXPOSURE_METHODS:
+        raise ValueError(f"evaluation.exposure: unknown method {method!r}; "
+                         f"choose one of {list(EXPOSURE_METHODS)}")
+    pairs = [canary_token_ids(tokenizer, c) for c in canaries]
+    prefixes = [p for p, _ in pairs]
+    secrets = torch.stack([s for _, s in pairs])
+    digits = torch.tensor(digit_token_ids(tokenizer))
+    if method == "exact":
+        exposure = exposure_exact(model, prefixes, secrets, digits)
+    elif method == "extrapolated":
+        exposure = exposure_extrapolated(model, prefixes, secrets, digits, num_samples, seed)
+    else:
+        exposure = exposure_digitwise(model, prefixes, secrets, digits)
+    values = [float(e) for e in exposure]
+    return {"exposure": values, "exposure_mean": sum(values) / len(values),
+            "extraction_rate": extraction_rate(model, prefixes, secrets)}

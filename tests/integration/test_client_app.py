@@ -1,0 +1,122 @@
+"""The ClientApp's functions on real messages (no Flower runtime): steps compose, metrics are
+reported, DP accounting persists in the Context, and nothing private leaves the client."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients import client_app
+from clients.job import client_resources
+from fedprivacy.config import flatten, load_config
+from fedprivacy.models import build_model, load_tokenizer
+
+pytestmark = pytest.mark.integration
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+SMALL = ["model.hidden_size=32", "model.num_layers=2", "train.steps=2", "train.batch_size=8",
+         "simulation.num_clients=2", "data.train_per_client=16", "data.val_per_client=8"]
+PII = SMALL + ["data.source=pii", "data.pii_records=24", "data.canary.count=2",
+               "data.canary.repeats=2", "data.canary.digits=4", "evaluation.privacy=true",
+               "client.swing.teacher_steps=2", "client.swing.student_steps=2",
+               "client.depn.top_z=5", "client.depn.steps=4", "client.depn.max_records=2"]
+
+
+def _setup(overrides, partition=0):
+    cfg = load_config(None, overrides)
+    context = Context(run_id=1, node_id=partition + 1,
+                      node_config={"partition-id": partition, "num-partitions": 2},
+                      state=RecordDict(), run_config=flatten(cfg))
+    model = build_model(cfg.model, load_tokenizer(cfg.model), cfg.seed)
+    return cfg, context, ArrayRecord(model.state_dict())
+
+
+def _message(arrays, kind=MessageType.TRAIN, server_round=1, **config):
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round,
+                                                                   **config})})
+    return Message(content, dst_node_id=1, message_type=kind)
+
+
+def _reply_strings(reply):
+    """Every string a reply carries (config records are the only place strings can travel)."""
+    out = []
+    for record in reply.content.config_records.values():
+        out += [v for v in record.values() if isinstance(v, str)]
+        out += [x for v in record.values() if isinstance(v, list) for x in v if isinstance(x, str)]
+    return out
+
+
+@pytest.mark.parametrize("steps", [["sft"], ["dp_sgd"], ["swing"], ["kd"], ["sft", "depn"]])
+def test_each_pipeline_trains_and_reports(steps):
+    # Prepare
+    cfg, context, arrays = _setup(PII + [f"client.steps=[{','.join(steps)}]"])
+    # Execute
+    reply = client_app.train(_message(arrays), context)
+    # Assert
+    metrics = reply.content["metrics"]
+    assert set(reply.content["arrays"].keys()) == set(arrays.keys())
+    assert metrics["num-examples"] > 0 and "train_loss" in metrics
+    assert all(f"{s}.seconds" in metrics for s in steps)
+    changed = [k for k in arrays.keys()
+               if not np.array_equal(arrays[k].numpy(), reply.content["arrays"][k].numpy())]
+    assert changed, "training changed no weight"
+    assert list(reply.content.config_records.keys()) == []
+    if "depn" in steps:
+        assert 0 < metrics["depn.edited"] <= 5
+
+
+def test_dp_epsilon_composes_over_rounds_in_the_context():
+    # Prepare
+    _, context, arrays = _setup(PII + ["client.steps=[dp_sgd]"])
+    # Execute
+    first = client_app.train(_message(arrays, server_round=1), context).content["metrics"]
+    second = client_app.train(_message(arrays, server_round=2), context).content["metrics"]
+    # Assert: the second round's ε covers both rounds, and so is larger
+    assert 0 < first["dp_sgd.epsilon"] < second["dp_sgd.epsilon"]
+    assert "dp-accountant" in context.state
+
+
+def test_evaluate_reports_the_privacy_ledger():
+    # Prepare
+    _, context, arrays = _setup(PII)
+    # Execute
+    metrics = client_app.evaluate(_message(arrays, MessageType.EVALUATE), context).content["metrics"]
+    # Assert
+    assert len(metrics["privacy.exposure"]) == 2
+    assert 0 <= metrics["privacy.exposure_mean"] <= 4 * 3.33
+    assert 0 <= metrics["privacy.extraction_rate"] <= 1
+    assert metrics["eval_loss"] > 0
+
+
+def test_no_private_text_leaves_the_client():
+    # Prepare
+    cfg, context, arrays = _setup(PII + ["client.steps=[sft,depn]"])
+    res = client_resources(json.dumps(dict(context.run_config), sort_keys=True), 0, 2)
+    secrets = [c.secret for c in res.data.canaries]
+    private = [r["prompt"] + r["completion"] for r in res.data.train if r["private_spans"]]
+    # Execute
+    replies = [client_app.train(_message(arrays), context),
+               client_app.evaluate(_message(arrays, MessageType.EVALUATE), context)]
+    # Assert: replies hold one ArrayRecord (weights) and numeric metrics; no string at all
+    for reply in replies:
+        assert _reply_strings(reply) == []
+        for record in reply.content.metric_records.values():
+            assert all(isinstance(v, (int, float, list)) for v in record.values())
+    assert secrets and private
+
+
+def test_query_sends_only_the_public_task_description():
+    # Prepare
+    _, context, _ = _setup(SMALL)
+    res = client_resources(json.dumps(dict(context.run_config), sort_keys=True), 0, 2)
+    query = Message(RecordDict({"config": ConfigRecord({"what": "task"})}), dst_node_id=1,
+                    message_type=MessageType.QUERY)
+    # Execute
+    reply = client_app.query(query, context)
+    # Assert
+    sent = dict(reply.content["task"])
+    assert sent == {"partition-id": 0, **res.data.task.describe()}
+    examples = [r["prompt"].split("Input: ")[-1].split("\n")[0] for r in res.data.train]
+    assert not any(example in value for example in examples for value in _reply_strings(reply))

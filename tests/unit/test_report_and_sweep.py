@@ -1,0 +1,87 @@
+"""Run folder records, checkpoints and sweep expansion/aggregation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedprivacy.config import ConfigError
+from fedprivacy.report import RunFolder, flatten_dict, summary_markdown
+from simulations.sweep import aggregate, load_sweep, results_markdown, write_results
+
+pytestmark = pytest.mark.unit
+
+
+def test_checkpoint_round_trip_replaces_previous(tmp_path):
+    # Prepare
+    folder = RunFolder(tmp_path)
+    # Execute
+    folder.save_checkpoint(1, {"w": np.ones(3, np.float32)})
+    folder.save_checkpoint(2, {"w": np.full(3, 2.0, np.float32)})
+    done, arrays = folder.load_checkpoint()
+    # Assert
+    assert done == 2 and np.array_equal(arrays["w"], np.full(3, 2.0, np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_rounds_keep_the_last_record_of_a_round(tmp_path):
+    # Prepare: a resumed run writes round 2 again
+    folder = RunFolder(tmp_path)
+    for rnd, loss in ((0, 3.0), (1, 2.0), (2, 1.5), (2, 1.4)):
+        folder.append_round({"round": rnd, "server": {"eval_loss": loss}})
+    # Execute
+    rounds = folder.rounds()
+    # Assert
+    assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[2]["server"]["eval_loss"] == 1.4
+
+
+def test_summary_markdown_flattens_nested_values():
+    # Execute
+    text = summary_markdown({"name": "x", "final": {"eval_loss": 1.23456}})
+    # Assert
+    assert "| final.eval_loss | 1.235 |" in text
+    assert flatten_dict({"a": {"b": {"c": 1}}, "d": [1]}) == {"a.b.c": 1, "d": [1]}
+
+
+def _sweep_file(tmp_path, body):
+    base = tmp_path / "base.yaml"
+    base.write_text("name: base\nrounds: 1\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text("base: base.yaml\n" + body)
+    return path
+
+
+def test_sweep_expands_runs_grid_and_seeds(tmp_path):
+    # Prepare
+    path = _sweep_file(tmp_path, "seeds: [0, 1]\nruns:\n  - {name: a, overrides: []}\n"
+                                 "  - {name: b, overrides: ['train.lr=0.01']}\n"
+                                 "grid:\n  train.steps: [1, 2]\n")
+    # Execute
+    sweep = load_sweep(path)
+    # Assert
+    assert len(sweep.runs) == 2 * 2 * 2
+    assert sweep.runs[0].variant == "a|train.steps=1"
+    assert sweep.runs[-1].overrides == ["train.lr=0.01", "train.steps=2", "seed=1"]
+
+
+def test_sweep_with_a_bad_override_fails_before_running(tmp_path):
+    # Prepare
+    path = _sweep_file(tmp_path, "runs:\n  - {name: bad, overrides: ['rounds=-3']}\n")
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="run 'bad'.*rounds"):
+        load_sweep(path)
+
+
+def test_results_table_and_csv(tmp_path):
+    # Prepare
+    rows = [{"variant": "a", "seed": s, "final.eval_loss": v} for s, v in ((0, 1.0), (1, 3.0))]
+    rows.append({"variant": "b", "seed": 0, "final.eval_loss": 5.0})
+    # Execute
+    write_results(tmp_path, rows, ["final.eval_loss"])
+    table = aggregate(rows, ["final.eval_loss"])
+    # Assert
+    assert table["a"]["final.eval_loss"][0] == pytest.approx(2.0)
+    assert table["a"]["final.eval_loss"][1] == pytest.approx(np.std([1.0, 3.0], ddof=1))
+    assert "| b | 5 ± 0 (n=1) |" in results_markdown(table, ["final.eval_loss"])
+    assert (tmp_path / "results.csv").read_text().splitlines()[0] == "variant,seed,final.eval_loss"
+    assert (tmp_path / "comparison.png").stat().st_size > 0
