@@ -125,8 +125,8 @@ class FewFedWeight(FedAvg):
             self.settings.client_weighting, self.settings.client_weight_temperature,
             num_examples={node: int(rec[self.weighted_by_key]) for node, rec in metrics.items()})
         average = StreamingAverage(valid[0].content[self.arrayrecord_key])
-        for msg in valid:
-            average.add(msg.content[self.arrayrecord_key], weights[msg.metadata.src_node_id])
+        average.add_many([m.content[self.arrayrecord_key] for m in valid],
+                         [weights[m.metadata.src_node_id] for m in valid])
         self.round_info.setdefault(server_round, {})["client_weights"] = {
             str(int(metrics[n].get("partition-id", n))): w for n, w in weights.items()}
         return average.result(), self.train_metrics_aggr_fn(

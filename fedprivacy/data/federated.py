@@ -1,0 +1,145 @@
+"""One client's data (or the server's held-out set) from a data config, the same in every process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedprivacy.data.loaders import load_records
+from fedprivacy.data.partition import SCHEMES, partition_records
+from fedprivacy.data.pii import Canary, make_canaries, pii_corpus, public_corpus
+from fedprivacy.data.records import Record, derive_seed, record_text
+from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
+
+SOURCES = ("tasks", "pii", "files")
+
+
+@dataclass
+class CanaryConfig:
+    count: int = 2        # canaries per client
+    repeats: int = 10     # insertions of each canary in that client's corpus
+    digits: int = 6       # secret length
+
+
+@dataclass
+class DataConfig:
+    source: str = "tasks"        # tasks | pii | files
+    tasks: list[str] = field(default_factory=list)   # empty = all tasks in TASKS order
+    partition: str = "by_task"   # by_task | iid | dirichlet
+    dirichlet_alpha: float = 0.5
+    train_per_client: int = 64
+    val_per_client: int = 32
+    test_per_client: int = 32
+    pii_records: int = 200       # corpus sentences per client when source=pii
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    path: str = ""               # source=files: a JSONL/CSV/Parquet file
+    prompt_field: str = ""
+    completion_field: str = ""
+    text_field: str = "text"
+    max_length: int = 64
+
+
+@dataclass
+class ClientData:
+    """What one client holds: its splits, its task (one-task clients only) and its canaries."""
+
+    train: list[Record]
+    validation: list[Record]
+    test: list[Record]
+    task: TaskSpec | None = None
+    canaries: list[Canary] = field(default_factory=list)
+
+
+def task_names(cfg: DataConfig) -> list[str]:
+    """The configured tasks (all tasks when empty), each checked to exist."""
+    names = list(cfg.tasks) or list(TASKS)
+    for name in names:
+        get_task(name)
+    return names
+
+
+def _check(cfg: DataConfig, partition_id: int, num_partitions: int) -> None:
+    """Reject bad arguments before generating anything, naming the offending one."""
+    if cfg.source not in SOURCES:
+        raise ValueError(f"data.source must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
+    if cfg.partition not in SCHEMES:
+        raise ValueError(f"data.partition must be one of {', '.join(SCHEMES)}, got {cfg.partition!r}")
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}")
+    if cfg.train_per_client < 1 or min(cfg.val_per_client, cfg.test_per_client) < 0:
+        raise ValueError("data.train_per_client must be positive and val/test_per_client non-negative")
+
+
+def _split_by_ratio(records: list[Record], cfg: DataConfig) -> tuple[list[Record], ...]:
+    """Cut a (shuffled) partition into train/validation/test in the configured per-client ratio."""
+    total = cfg.train_per_client + cfg.val_per_client + cfg.test_per_client
+    n_val = round(len(records) * cfg.val_per_client / total)
+    n_test = round(len(records) * cfg.test_per_client / total)
+    n_train = len(records) - n_val - n_test
+    return records[:n_train], records[n_train : n_train + n_val], records[n_train + n_val :]
+
+
+def _pool(cfg: DataConfig, num_partitions: int, seed: int) -> list[Record]:
+    """All clients' records before partitioning: task examples or the user's file."""
+    if cfg.source == "files":
+        return load_records(
+            cfg.path, cfg.prompt_field or None, cfg.completion_field or None, cfg.text_field
+        )
+    names = task_names(cfg)
+    total = (cfg.train_per_client + cfg.val_per_client + cfg.test_per_client) * num_partitions
+    share, extra = divmod(total, len(names))
+    return [
+        r
+        for t, name in enumerate(names)
+        for r in get_task(name).generate(share + (t < extra), derive_seed(seed, "pool"))
+    ]
+
+
+def _task_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
+    """Client i's own task, tasks[i mod T], with its own splits."""
+    names = task_names(cfg)
+    spec = get_task(names[partition_id % len(names)])
+    splits = task_splits(
+        spec.name, cfg.train_per_client, cfg.val_per_client, cfg.test_per_client,
+        derive_seed(seed, "client", partition_id),
+    )
+    return ClientData(splits["train"], splits["validation"], splits["test"], task=spec)
+
+
+def _pii_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
+    """Client i's text: ``pii_records`` PII sentences with its canaries, mixed with as many
+    ordinary (public-style) sentences; validation/test are held-out PII-free sentences."""
+    canaries = make_canaries(cfg.canary.count, cfg.canary.digits, seed, partition_id)
+    private = pii_corpus(cfg.pii_records, canaries, cfg.canary.repeats, derive_seed(seed, "pii", partition_id))
+    n_held_out = cfg.val_per_client + cfg.test_per_client
+    public = public_corpus(cfg.pii_records + n_held_out, derive_seed(seed, "public", partition_id))
+    train, held_out = private + public[n_held_out:], public[:n_held_out]
+    return ClientData(train, held_out[: cfg.val_per_client], held_out[cfg.val_per_client :], canaries=canaries)
+
+
+def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int) -> ClientData:
+    """The data of client `partition_id`: identical for identical arguments in any process.
+
+    tasks + by_task: task `tasks[i mod T]`, generated for this client alone. tasks + iid/dirichlet
+    and files: one pool partitioned across clients, this client's part cut into train/validation/
+    test in the configured ratio (`task` is None). pii: its own corpus and canaries (any partition).
+    """
+    _check(cfg, partition_id, num_partitions)
+    if cfg.source == "pii":
+        return _pii_client(cfg, partition_id, seed)
+    if cfg.source == "tasks" and cfg.partition == "by_task":
+        return _task_client(cfg, partition_id, seed)
+    pool = _pool(cfg, num_partitions, seed)
+    part = partition_records(pool, num_partitions, cfg.partition, seed, cfg.dirichlet_alpha)[partition_id]
+    return ClientData(*_split_by_ratio(part, cfg))
+
+
+def build_eval_data(cfg: DataConfig, num_partitions: int, seed: int) -> list[Record]:
+    """The server's held-out set: all clients' validation records, minus any client's training text."""
+    clients = [build_client_data(cfg, i, num_partitions, seed) for i in range(num_partitions)]
+    private = {record_text(r) for client in clients for r in client.train}
+    held_out: dict[str, Record] = {}
+    for client in clients:
+        for record in client.validation:
+            if record_text(record) not in private:
+                held_out.setdefault(record_text(record), record)
+    return list(held_out.values())

@@ -1,0 +1,184 @@
+"""DEPN: detecting and editing privacy neurons (Wu et al., EMNLP 2023; METHODS.md §4).
+
+1. Privacy attribution (eq. 3–5): for each private token y_i of a record, integrated gradients
+   from a zero baseline of P(y_i | X) w.r.t. every FFN layer's activation at the position that
+   predicts y_i (causal LM: the position before the token; masked LM: the token itself, masked,
+   with the other private tokens visible), m = 20, summed over the record's private tokens.
+2. Per record, neurons with score ≥ ``threshold_ratio`` × that record's maximum (and > 0) are its
+   candidates.
+3. Aggregator (§3.4): every record votes for its candidates; the ``top_z`` most voted neurons
+   are the privacy neurons. Ties are broken by the summed score, then by (layer, index) — this
+   project's choice for a deterministic order (the DEPN code uses ``Counter.most_common``).
+4. Editor: the privacy neurons are zeroed (``editing.scale_neurons(..., 0.0)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fedprivacy import attribution, sites
+from fedprivacy.editing import EditHandle, scale_neurons
+
+Neuron = tuple[int, int]
+
+
+@dataclass
+class PrivacyNeurons:
+    """Detected privacy neurons.
+
+    ``neurons``: the selected (layer, index) pairs, most voted first (at most top_z);
+    ``votes``: the vote count of every candidate; ``scores``: its summed attribution;
+    ``candidates``: per record, its (layer, index, score) candidates by decreasing score.
+    """
+
+    neurons: list[Neuron]
+    votes: dict[Neuron, int] = field(default_factory=dict)
+    scores: dict[Neuron, float] = field(default_factory=dict)
+    candidates: list[list[tuple[int, int, float]]] = field(default_factory=list)
+
+    def by_layer(self) -> dict[int, list[int]]:
+        """The selected neurons as ``{layer: [index, ...]}`` for :func:`editing.scale_neurons`."""
+        grouped: dict[int, list[int]] = {}
+        for layer, index in self.neurons:
+            grouped.setdefault(layer, []).append(index)
+        return grouped
+
+
+def record_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    private_mask: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    *,
+    steps: int = 20,
+    mask_token_id: int | None = None,
+    batch_size: int = 256,
+    fast: bool | None = None,
+) -> torch.Tensor:
+    """Privacy attribution of one unpadded record [T] (eq. 3–5): [len(layers), d_ff], float32
+    on the CPU.
+
+    Causal LMs read P(y_t) at position t − 1 (a private first token has no prefix and is
+    skipped); masked LMs need ``mask_token_id`` and mask each private token in turn.
+    """
+    layer_ids = list(range(sites.num_layers(model))) if layers is None else list(layers)
+    private = private_mask.bool().nonzero().flatten().tolist()
+    total = torch.zeros(len(layer_ids), sites.ffn(model, layer_ids[0]).d_ff)
+    kwargs = dict(steps=steps, grid="left", variant="standard", batch_size=batch_size)
+    if sites.is_causal(model):
+        targets = {t - 1: int(input_ids[t]) for t in private if t > 0}
+        if targets:
+            total += attribution.integrated_gradients(
+                model, input_ids, targets, layer_ids, fast=fast, **kwargs
+            ).float().cpu()
+        return total
+    if mask_token_id is None:
+        raise ValueError(f"{type(model).__name__} is a masked LM: pass mask_token_id")
+    for t in private:
+        masked = input_ids.clone()
+        masked[t] = mask_token_id
+        total += attribution.integrated_gradients(
+            model, masked, {t: int(input_ids[t])}, layer_ids, fast=False, **kwargs
+        ).float().cpu()
+    return total
+
+
+def select_candidates(
+    scores: torch.Tensor, layers: Sequence[int], threshold_ratio: float = 0.1
+) -> list[tuple[int, int, float]]:
+    """A record's candidates: (layer, index, score) with score ≥ ratio × max and > 0."""
+    peak = scores.max()
+    if peak <= 0:
+        return []
+    keep = (scores >= threshold_ratio * peak) & (scores > 0)
+    rows, cols = keep.nonzero(as_tuple=True)
+    found = [(layers[r], c, scores[r, c].item()) for r, c in zip(rows.tolist(), cols.tolist())]
+    return sorted(found, key=lambda item: (-item[2], item[0], item[1]))
+
+
+def aggregate(candidates: Sequence[Sequence[tuple[int, int, float]]], top_z: int) -> PrivacyNeurons:
+    """Votes across records (§3.4): the ``top_z`` most voted neurons."""
+    votes: dict[Neuron, int] = {}
+    scores: dict[Neuron, float] = {}
+    for record in candidates:
+        for layer, index, score in record:
+            votes[(layer, index)] = votes.get((layer, index), 0) + 1
+            scores[(layer, index)] = scores.get((layer, index), 0.0) + score
+    ranked = sorted(votes, key=lambda n: (-votes[n], -scores[n], n))
+    return PrivacyNeurons(ranked[:top_z], votes, scores, [list(c) for c in candidates])
+
+
+def _unpadded(
+    input_ids: torch.Tensor, private_mask: torch.Tensor, attention_mask: torch.Tensor | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rows = []
+    for i in range(len(input_ids)):
+        keep = (
+            torch.ones_like(input_ids[i], dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask[i].bool()
+        )
+        rows.append((input_ids[i][keep], private_mask[i][keep]))
+    return rows
+
+
+def detect_privacy_neurons(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    private_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    steps: int = 20,
+    threshold_ratio: float = 0.1,
+    top_z: int = 20,
+    mask_token_id: int | None = None,
+    batch_size: int = 256,
+    fast: bool | None = None,
+) -> PrivacyNeurons:
+    """Privacy-neuron detection over records ``input_ids`` [N, T] (padding given by
+    ``attention_mask``, contiguous at either end) with ``private_mask`` [N, T] True on private
+    tokens: per-record attribution, relative threshold, votes, top-z (module docstring)."""
+    if input_ids.dim() != 2 or private_mask.shape != input_ids.shape:
+        raise ValueError("input_ids and private_mask must both be [N, T]")
+    if layers is None:
+        layers = range(sites.num_layers(model))
+    layer_ids = [sites.ffn(model, layer).layer for layer in layers]
+    candidates = []
+    for ids, private in _unpadded(input_ids, private_mask, attention_mask):
+        scores = record_scores(
+            model,
+            ids,
+            private,
+            layer_ids,
+            steps=steps,
+            mask_token_id=mask_token_id,
+            batch_size=batch_size,
+            fast=fast,
+        )
+        candidates.append(select_candidates(scores, layer_ids, threshold_ratio))
+    return aggregate(candidates, top_z)
+
+
+def apply_depn(model: nn.Module, neurons: PrivacyNeurons) -> EditHandle:
+    """DEPN's editor: zero the privacy neurons' activations at every position."""
+    return scale_neurons(model, neurons.by_layer(), 0.0)
+
+
+def depn(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    private_mask: torch.Tensor,
+    top_z: int = 20,
+    attention_mask: torch.Tensor | None = None,
+    **detect_kwargs,
+) -> tuple[EditHandle, PrivacyNeurons]:
+    """Detect the ``top_z`` privacy neurons of the records and zero them."""
+    neurons = detect_privacy_neurons(
+        model, input_ids, private_mask, attention_mask, top_z=top_z, **detect_kwargs
+    )
+    return apply_depn(model, neurons), neurons

@@ -1,0 +1,156 @@
+"""Unit tests of per-client data composition and the server's held-out set."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fedprivacy.data.federated import CanaryConfig, DataConfig, build_client_data, build_eval_data
+from fedprivacy.data.records import record_text
+from fedprivacy.data.tasks import TASKS
+
+pytestmark = pytest.mark.unit
+
+
+def _texts(records: list) -> set:
+    return {record_text(r) for r in records}
+
+
+def test_by_task_client_gets_its_own_task_and_splits():
+    # Prepare
+    cfg = DataConfig(tasks=["parity", "topic", "capital"], train_per_client=16, val_per_client=8, test_per_client=8)
+
+    # Execute
+    clients = [build_client_data(cfg, i, 5, seed=0) for i in range(5)]
+
+    # Assert
+    assert [c.task.name for c in clients] == ["parity", "topic", "capital", "parity", "topic"]
+    for client in clients:
+        assert (len(client.train), len(client.validation), len(client.test)) == (16, 8, 8)
+        assert {r["task"] for r in client.train + client.validation + client.test} == {client.task.name}
+        assert not _texts(client.train) & _texts(client.validation + client.test)
+        assert client.canaries == []
+    assert clients[0].train != clients[3].train
+
+
+def test_empty_task_list_means_all_tasks_in_order():
+    # Prepare
+    cfg = DataConfig(train_per_client=4, val_per_client=2, test_per_client=2)
+
+    # Execute
+    names = [build_client_data(cfg, i, len(TASKS), seed=1).task.name for i in range(len(TASKS))]
+
+    # Assert
+    assert names == list(TASKS)
+
+
+def test_same_arguments_give_the_same_data_in_another_process():
+    # Prepare
+    cfg = DataConfig(source="pii", pii_records=20, val_per_client=4, test_per_client=4, canary=CanaryConfig(count=2, repeats=3))
+    here = build_client_data(cfg, 1, 3, seed=9)
+    code = (
+        "import json; from fedprivacy.data.federated import *; "
+        "d = build_client_data(DataConfig(source='pii', pii_records=20, val_per_client=4, test_per_client=4, "
+        "canary=CanaryConfig(count=2, repeats=3)), 1, 3, seed=9); "
+        "print(json.dumps([d.train, d.validation, d.test, [c.text for c in d.canaries]]))"
+    )
+
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+
+    # Assert
+    assert json.loads(result.stdout) == [here.train, here.validation, here.test, [c.text for c in here.canaries]]
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+def test_pooled_tasks_are_partitioned_without_overlap(scheme):
+    # Prepare
+    cfg = DataConfig(tasks=["sentiment", "parity", "topic"], partition=scheme, dirichlet_alpha=1.0,
+                     train_per_client=20, val_per_client=10, test_per_client=10)
+
+    # Execute
+    clients = [build_client_data(cfg, i, 4, seed=2) for i in range(4)]
+
+    # Assert
+    every = [record_text(r) for c in clients for r in c.train + c.validation + c.test]
+    assert len(every) == len(set(every)) >= 4 * 40
+    assert all(c.task is None and c.train for c in clients)
+    if scheme == "iid":
+        assert all(len(c.train) == 2 * len(c.validation) == 2 * len(c.test) for c in clients)
+        assert all(len({r["task"] for r in c.train}) == 3 for c in clients)
+
+
+def test_pii_client_holds_its_canaries_and_public_eval_splits():
+    # Prepare
+    cfg = DataConfig(source="pii", pii_records=30, val_per_client=6, test_per_client=6,
+                     canary=CanaryConfig(count=2, repeats=4, digits=5))
+
+    # Execute
+    first, second = build_client_data(cfg, 0, 2, seed=0), build_client_data(cfg, 1, 2, seed=0)
+
+    # Assert
+    assert len(first.train) == 30 + 2 * 4
+    for canary in first.canaries:
+        assert len(canary.secret) == 5
+        assert sum(record_text(r) == canary.text for r in first.train) == 4
+    assert {c.secret for c in first.canaries}.isdisjoint(c.secret for c in second.canaries)
+    assert all(r["private_spans"] == [] for r in first.validation + first.test)
+    assert (len(first.validation), len(first.test)) == (6, 6)
+    assert first.task is None
+
+
+def test_files_source_partitions_the_users_file(tmp_path):
+    # Prepare
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"line {i}"}) for i in range(40)))
+    cfg = DataConfig(source="files", path=str(path), partition="iid", train_per_client=2, val_per_client=1, test_per_client=1)
+
+    # Execute
+    clients = [build_client_data(cfg, i, 2, seed=0) for i in range(2)]
+
+    # Assert
+    assert [(len(c.train), len(c.validation), len(c.test)) for c in clients] == [(10, 5, 5)] * 2
+    assert len(_texts(clients[0].train + clients[1].train)) == 20
+
+
+@pytest.mark.parametrize("source", ["tasks", "pii"])
+def test_eval_data_holds_no_clients_training_record(source):
+    # Prepare
+    cfg = DataConfig(source=source, tasks=["parity", "larger"], pii_records=20, train_per_client=30,
+                     val_per_client=10, test_per_client=5, canary=CanaryConfig(count=1, repeats=2))
+
+    # Execute
+    held_out = build_eval_data(cfg, 4, seed=3)
+
+    # Assert
+    private = set().union(*(_texts(build_client_data(cfg, i, 4, seed=3).train) for i in range(4)))
+    assert held_out and not _texts(held_out) & private
+    assert all(r["private_spans"] == [] for r in held_out)
+    if source == "tasks":
+        assert {r["task"] for r in held_out} == {"parity", "larger"}
+
+
+@pytest.mark.parametrize(
+    "cfg, partition_id, name",
+    [
+        (DataConfig(source="web"), 0, "data.source"),
+        (DataConfig(partition="shards"), 0, "data.partition"),
+        (DataConfig(), 3, "partition_id"),
+        (DataConfig(tasks=["parity", "poetry"]), 0, "poetry"),
+    ],
+)
+def test_bad_config_is_named(cfg, partition_id, name):
+    # Prepare
+    num_partitions = 3
+
+    # Execute
+    with pytest.raises(ValueError) as error:
+        build_client_data(cfg, partition_id, num_partitions, seed=0)
+
+    # Assert
+    assert name in str(error.value)

@@ -1,0 +1,122 @@
+"""Unit tests of the PII corpora and canaries."""
+
+import re
+
+import pytest
+
+from fedprivacy.data.pii import (
+    Canary,
+    canary_record,
+    fill_template,
+    make_canaries,
+    pii_corpus,
+    pii_sentences,
+    public_corpus,
+)
+from fedprivacy.data.records import record_text, validate_record
+
+pytestmark = pytest.mark.unit
+
+
+def test_fill_template_marks_each_field():
+    # Prepare
+    values = {"name": "Ann Lee", "phone": "555-0100"}
+
+    # Execute
+    text, spans = fill_template("Call {name} at {phone}.", values)
+
+    # Assert
+    assert text == "Call Ann Lee at 555-0100."
+    assert [text[a:b] for a, b in spans] == ["Ann Lee", "555-0100"]
+
+
+def test_pii_sentences_mark_every_pii_substring():
+    # Prepare
+    n = 60
+
+    # Execute
+    records = pii_sentences(n, seed=4)
+
+    # Assert
+    assert len(records) == n
+    for i, record in enumerate(records):
+        validate_record(record, i)
+        text = record_text(record)
+        pieces = [text[a:b] for a, b in record["private_spans"]]
+        assert pieces and all(p.strip() == p and p for p in pieces)
+        outside = "".join(c if not any(a <= j < b for a, b in record["private_spans"]) else "#" for j, c in enumerate(text))
+        assert "@" not in outside and not re.search(r"\d", outside)
+    assert records == pii_sentences(n, seed=4)
+    assert records != pii_sentences(n, seed=5)
+
+
+def test_canary_text_and_span_frame_the_secret():
+    # Prepare
+    canary = Canary("c0", "My PIN code is ", "004217", ".")
+
+    # Execute
+    start, end = canary.span
+
+    # Assert
+    assert canary.text == "My PIN code is 004217."
+    assert canary.text[start:end] == "004217"
+    assert canary_record(canary)["private_spans"] == [[start, end]]
+
+
+def test_make_canaries_gives_digit_secrets_distinct_across_clients():
+    # Prepare
+    clients = range(5)
+
+    # Execute
+    canaries = [c for client in clients for c in make_canaries(3, 6, seed=1, client_id=client)]
+
+    # Assert
+    assert len({c.secret for c in canaries}) == len({c.id for c in canaries}) == 15
+    assert all(len(c.secret) == 6 and c.secret.isdigit() for c in canaries)
+    assert all(c.text.startswith(c.prefix) and c.text.endswith(c.suffix) for c in canaries)
+    assert make_canaries(3, 6, seed=1, client_id=2) == canaries[6:9]
+    assert make_canaries(3, 6, seed=2, client_id=2) != canaries[6:9]
+
+
+def test_make_canaries_rejects_a_secret_space_too_small():
+    # Prepare
+    count, digits = 6, 1
+
+    # Execute
+    with pytest.raises(ValueError) as error:
+        make_canaries(count, digits, seed=0, client_id=1)
+
+    # Assert
+    assert "digits=1" in str(error.value)
+
+
+def test_pii_corpus_inserts_each_canary_repeats_times():
+    # Prepare
+    canaries = make_canaries(2, 6, seed=0, client_id=0)
+
+    # Execute
+    corpus = pii_corpus(50, canaries, repeats=7, seed=3)
+
+    # Assert
+    assert len(corpus) == 50 + 2 * 7
+    for canary in canaries:
+        inserted = [r for r in corpus if r["completion"] == canary.text]
+        assert len(inserted) == 7
+        assert all(r["task"] == "canary" and r["private_spans"] == [canary.span] for r in inserted)
+    positions = [i for i, r in enumerate(corpus) if r["task"] == "canary"]
+    assert positions != list(range(50, 64))
+    assert corpus == pii_corpus(50, canaries, repeats=7, seed=3)
+
+
+def test_public_corpus_is_distinct_and_free_of_pii():
+    # Prepare
+    n = 80
+
+    # Execute
+    records = public_corpus(n, seed=2)
+
+    # Assert
+    texts = [record_text(r) for r in records]
+    assert len(set(texts)) == n
+    assert all(r["private_spans"] == [] and r["task"] == "public" for r in records)
+    assert not any("@" in t or re.search(r"\d", t) for t in texts)
