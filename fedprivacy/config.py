@@ -20,8 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedprivacy.data.federated import DataConfig
-from fedprivacy.privacy.dp import DPConfig
-from fedprivacy.privacy.swing import SwingConfig
 
 FlatConfig = dict[str, bool | int | float | str]
 
@@ -49,6 +47,43 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # gradient clipping of plain SFT (0 = off)
     eval_batch_size: int = 64
+
+
+@dataclass
+class DPConfig:
+    """DP-SGD settings (``client.dp``).
+
+    target_epsilon = 0 trains with ``noise_multiplier``; a positive target replaces it with the
+    smallest noise that keeps epsilon <= target after the planned total steps of the run.
+    """
+
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float = 0.0
+    poisson_sampling: bool = False
+
+
+@dataclass
+class SwingConfig:
+    """Swing distillation settings (``client.swing``); every default is this project's choice.
+
+    detector: name in ``detectors.DETECTORS``; temperature_map: ``linear`` | ``exponential``;
+    noise: ``gaussian`` | ``laplace`` | ``none``; alpha: weight of the distillation term;
+    teacher_steps / student_steps: training steps of the teacher on the private data and of the
+    student's distillation.
+    """
+
+    detector: str = "span"
+    temperature_map: str = "linear"
+    t0: float = 1.0
+    t_max: float = 20.0
+    noise: str = "gaussian"
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    alpha: float = 0.5
+    teacher_steps: int = 100
+    student_steps: int = 100
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedprivacy.config import ExperimentConfig, to_yaml
+from fedprivacy.data.federated import task_names
 
 PACKAGES = ("fedprivacy", "flwr", "ray", "torch", "transformers", "opacus", "datasets",
             "flwr-datasets", "omegaconf", "numpy")
@@ -144,8 +145,23 @@ def summarize(cfg: ExperimentConfig, rounds: list[dict[str, Any]], started: floa
     trained = [r for r in rounds if r.get("clients")]
     if trained:
         summary["privacy"] = privacy_ledger(trained[-1])
+        tasks = task_scores(cfg, trained[-1])
+        if tasks:
+            summary["tasks"] = tasks
     summary.update(extra or {})
     return summary
+
+
+def task_scores(cfg: ExperimentConfig, record: dict[str, Any]) -> dict[str, float]:
+    """Mean validation accuracy per task (one task per client: ``data.partition=by_task``)."""
+    if cfg.data.source != "tasks" or cfg.data.partition != "by_task":
+        return {}
+    names = task_names(cfg.data)
+    scores: dict[str, list[float]] = {}
+    for client, row in record.get("clients", {}).items():
+        if client.isdigit() and "evaluate.accuracy" in row:
+            scores.setdefault(names[int(client) % len(names)], []).append(row["evaluate.accuracy"])
+    return {task: sum(v) / len(v) for task, v in scores.items()}
 
 
 def privacy_ledger(record: dict[str, Any]) -> dict[str, Any]:

@@ -120,3 +120,17 @@ def test_query_sends_only_the_public_task_description():
     assert sent == {"partition-id": 0, **res.data.task.describe()}
     examples = [r["prompt"].split("Input: ")[-1].split("\n")[0] for r in res.data.train]
     assert not any(example in value for example in examples for value in _reply_strings(reply))
+
+
+def test_local_only_client_trains_and_evaluates_its_own_model():
+    # Prepare: a local-only client trains once; then the server sends other (zeroed) weights
+    _, context, arrays = _setup(SMALL + ["strategy.name=local"])
+    trained = client_app.train(_message(arrays), context).content["arrays"]
+    zeros = ArrayRecord({k: np.zeros_like(a.numpy()) for k, a in arrays.items()})
+    # Execute
+    local_eval = client_app.evaluate(_message(zeros, MessageType.EVALUATE), context)
+    _, fresh_context, _ = _setup(SMALL)
+    direct_eval = client_app.evaluate(_message(trained, MessageType.EVALUATE), fresh_context)
+    # Assert: the local-only client ignored the server's weights and used its own model
+    assert local_eval.content["metrics"]["eval_loss"] == pytest.approx(
+        direct_eval.content["metrics"]["eval_loss"])

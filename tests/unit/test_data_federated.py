@@ -94,7 +94,10 @@ def test_pii_client_holds_its_canaries_and_public_eval_splits():
     first, second = build_client_data(cfg, 0, 2, seed=0), build_client_data(cfg, 1, 2, seed=0)
 
     # Assert
-    assert len(first.train) == 30 + 2 * 4
+    assert len(first.train) == 2 * 30 + 2 * 4  # PII sentences, canaries, as many public ones
+    assert sum(bool(r["private_spans"]) for r in first.train) == 30 + 2 * 4
+    held_out = {record_text(r) for r in first.validation + first.test}
+    assert held_out.isdisjoint(record_text(r) for r in first.train)
     for canary in first.canaries:
         assert len(canary.secret) == 5
         assert sum(record_text(r) == canary.text for r in first.train) == 4

@@ -85,3 +85,19 @@ def test_results_table_and_csv(tmp_path):
     assert "| b | 5 ± 0 (n=1) |" in results_markdown(table, ["final.eval_loss"])
     assert (tmp_path / "results.csv").read_text().splitlines()[0] == "variant,seed,final.eval_loss"
     assert (tmp_path / "comparison.png").stat().st_size > 0
+
+
+def test_improvement_over_baseline_counts_tasks_and_rates():
+    # Prepare: two tasks; variant "f" beats "local" on task a (0.5 -> 0.75), loses on b
+    rows = [{"variant": "local", "seed": 0, "tasks.a": 0.5, "tasks.b": 0.8},
+            {"variant": "f", "seed": 0, "tasks.a": 0.7, "tasks.b": 0.6},
+            {"variant": "f", "seed": 1, "tasks.a": 0.8, "tasks.b": 0.6}]
+    # Execute
+    from simulations.sweep import improvement, improvement_markdown
+    table = improvement(rows, "local")
+    # Assert
+    assert table["f"]["tasks"]["a"] == pytest.approx(0.75)
+    assert table["f"]["improved_share"] == 0.5
+    assert table["f"]["improvement_rate"] == pytest.approx(((0.75 - 0.5) / 0.5 + (0.6 - 0.8) / 0.8) / 2)
+    assert table["local"]["improvement_rate"] == 0.0
+    assert "| f | 0.750 | 0.600 | 0.675 | 50% | +12.5% |" in improvement_markdown(table, "local")

@@ -1,0 +1,123 @@
+"""Exposure, perplexity and extraction on tiny LLaMA and GPT-2 models built from config."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from fedprivacy.privacy import exposure as ex
+
+pytestmark = pytest.mark.integration
+
+VOCAB = 24
+DIGITS = torch.arange(10, 20)
+SPECIAL = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, **SPECIAL))
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, **SPECIAL))
+
+
+MODELS = [tiny_llama, tiny_gpt2]
+PREFIXES = [torch.tensor([1, 2, 3, 4, 5]), torch.tensor([6, 7]), torch.tensor([8, 9, 21])]
+
+
+@torch.no_grad()
+def unpadded_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids.unsqueeze(0)).logits[0].log_softmax(-1)
+
+
+@pytest.mark.parametrize("build", MODELS)
+def test_exact_and_digitwise_match_unpadded_loops(build):
+    # Prepare
+    model = build().eval()
+    secrets = torch.tensor([[11, 17], [19, 10], [14, 14]])
+    # Execute
+    exact = ex.exposure_exact(model, PREFIXES, secrets, DIGITS, batch_size=64)
+    digitwise = ex.exposure_digitwise(model, PREFIXES, secrets, DIGITS)
+    # Assert: every candidate scored on its own, without padding
+    for e, d, prefix, secret in zip(exact.tolist(), digitwise.tolist(), PREFIXES, secrets):
+        scores = {}
+        for cand in itertools.product(DIGITS.tolist(), repeat=2):
+            logp = unpadded_logprobs(model, torch.cat([prefix, torch.tensor(cand)]))
+            scores[cand] = -sum(logp[len(prefix) - 1 + i, tok].item() for i, tok in enumerate(cand))
+        mine = scores[tuple(secret.tolist())]
+        rank = sum(v <= mine + 1e-5 for v in scores.values())
+        assert e == pytest.approx(2 * math.log2(10) - math.log2(rank), abs=1e-6)
+        digit_rank = 1
+        for i in range(2):
+            logp = unpadded_logprobs(model, torch.cat([prefix, secret[:i]]))[-1, DIGITS]
+            digit_rank += (int((logp >= logp[int(secret[i]) - 10] - 1e-6).sum()) - 1) * 10 ** (1 - i)
+        assert d == pytest.approx(2 * math.log2(10) - math.log2(digit_rank), abs=1e-6)
+
+
+@pytest.mark.parametrize("build", MODELS)
+def test_batched_greedy_decoding_matches_one_prefix_at_a_time(build):
+    # Prepare
+    model = build(1).eval()
+    # Execute
+    fast = ex.greedy_continuation(model, PREFIXES, length=5, batch_size=2)
+    # Assert: left padding, per-row positions and the KV cache change nothing
+    for row, prefix in zip(fast, PREFIXES):
+        ids = prefix
+        for _ in range(5):
+            ids = torch.cat([ids, unpadded_logprobs(model, ids)[-1].argmax().view(1)])
+        assert row.tolist() == ids[len(prefix):].tolist()
+
+
+@pytest.mark.parametrize("build", MODELS)
+def test_sequence_perplexity_matches_hf_loss_per_row(build):
+    # Prepare: right-padded batch, prompt tokens ignored
+    model = build(2).eval()
+    ids = torch.tensor([[1, 2, 3, 11, 12, 13], [4, 5, 14, 15, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, 11, 12, 13], [-100, -100, 14, 15, -100, -100]])
+    # Execute
+    ppl = ex.sequence_perplexity(model, ids, mask, labels, batch_size=1)
+    # Assert
+    with torch.no_grad():
+        want = [
+            math.exp(model(input_ids=ids[i, :n].unsqueeze(0), labels=labels[i, :n].unsqueeze(0)).loss.item())
+            for i, n in enumerate([6, 4])
+        ]
+    assert ppl.tolist() == pytest.approx(want, rel=1e-4)
+
+
+def test_model_trained_on_a_canary_has_high_exposure():
+    # Prepare: train a model on a canary repeated among random digit strings
+    prefix, secret = torch.tensor([0, 1, 2, 3, 20]), torch.tensor([13, 17, 11, 19])
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.cat([prefix, secret]) if i % 4 == 0 else
+            torch.cat([torch.tensor([0]), torch.randint(1, 10, (3,), generator=g), torch.tensor([20]),
+                       torch.randint(10, 20, (4,), generator=g)]) for i in range(32)]
+    data = torch.stack(rows)
+    trained, untrained = tiny_llama(3), tiny_llama(3)
+    opt = torch.optim.AdamW(trained.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = trained(input_ids=data, labels=data).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    canary = ([prefix], secret.unsqueeze(0))
+    # Execute
+    exact = [ex.exposure_exact(m, *canary, DIGITS).item() for m in (trained, untrained)]
+    digitwise = [ex.exposure_digitwise(m, *canary, DIGITS).item() for m in (trained, untrained)]
+    extrapolated = [ex.exposure_extrapolated(m, *canary, DIGITS, num_samples=500).item() for m in (trained, untrained)]
+    extracted = [ex.extraction_rate(m, *canary) for m in (trained, untrained)]
+    # Assert
+    log2_space = 4 * math.log2(10)
+    assert exact[0] == pytest.approx(log2_space)
+    assert exact[1] < 0.6 * log2_space
+    assert digitwise[0] == pytest.approx(log2_space)
+    assert extrapolated[0] > extrapolated[1] + 3
+    assert extracted == [1.0, 0.0]
