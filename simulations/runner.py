@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from fedprivacy.config import ExperimentConfig, flatten
 from fedprivacy.report import RunFolder
@@ -53,14 +53,19 @@ def toml_value(value: bool | int | float | str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def write_app(app_dir: Path, cfg: ExperimentConfig) -> None:
-    """A Flower app bundle: only a pyproject.toml naming our components and the config."""
+COMPONENTS = ("strategies.server_app:app", "clients.client_app:app")
+
+
+def write_app(app_dir: Path, cfg: ExperimentConfig,
+              components: tuple[str, str] = COMPONENTS) -> None:
+    """A Flower app bundle: a pyproject.toml naming the (server, client) components and the
+    config. The components are imported from the installed packages."""
     app_dir.mkdir(parents=True, exist_ok=True)
     lines = ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"',
              "", "[project]", f'name = "{APP_NAME}"', 'version = "1.0.0"',
              "dependencies = []", "", "[tool.flwr.app]", 'publisher = "fedprivacy"', "",
-             "[tool.flwr.app.components]", 'serverapp = "strategies.server_app:app"',
-             'clientapp = "clients.client_app:app"', "", "[tool.flwr.app.config]"]
+             "[tool.flwr.app.components]", f'serverapp = "{components[0]}"',
+             f'clientapp = "{components[1]}"', "", "[tool.flwr.app.config]"]
     lines += [f"{key} = {toml_value(value)}" for key, value in flatten(cfg).items()]
     (app_dir / "pyproject.toml").write_text("\n".join(lines) + "\n")
 
@@ -146,6 +151,26 @@ def federation_config(cfg: ExperimentConfig) -> str:
     return " ".join(parts)
 
 
+def submit(app_dir: Path, cfg: ExperimentConfig, log_path: Path,
+           on_tick: Callable[[], None] = lambda: None) -> int:
+    """Run the app in ``app_dir`` on a private simulation SuperLink; return flwr's exit code.
+
+    ``on_tick`` is called twice a second while the run goes on (progress display)."""
+    with simulation_superlink(log_path) as env, log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream",
+             "--federation-config", federation_config(cfg)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                on_tick()
+                time.sleep(0.5)
+            on_tick()
+        finally:
+            _kill_group(proc, grace=5.0)
+    return proc.returncode
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
     """Run a simulation of ``cfg``; return its run folder (with ``summary.json``).
 
@@ -160,20 +185,9 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
     app_dir = folder.path / ".flwr-app"
     write_app(app_dir, cfg)
     log_path = folder.path / "flower.log"
-    with simulation_superlink(log_path) as env, log_path.open("ab") as log, \
-            RoundProgress(folder, cfg.rounds, enabled=progress) as bar:
-        proc = subprocess.Popen(
-            [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream",
-             "--federation-config", federation_config(cfg)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            while proc.poll() is None:
-                bar.update()
-                time.sleep(0.5)
-            bar.update()
-        finally:
-            _kill_group(proc, grace=5.0)
+    with RoundProgress(folder, cfg.rounds, enabled=progress) as bar:
+        code = submit(app_dir, cfg, log_path, bar.update)
     if not (folder.path / "summary.json").is_file():
-        raise RunFailed(f"the run ended without a summary (flwr exit code {proc.returncode}); "
+        raise RunFailed(f"the run ended without a summary (flwr exit code {code}); "
                         f"see {log_path}")
     return folder

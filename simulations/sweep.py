@@ -12,9 +12,12 @@ A sweep file::
     grid:                             # ... and/or a grid: every combination of the values
       train.lr: [0.001, 0.003]
     metrics: [final.eval_loss]        # summary keys for the Markdown table and the plot
+    baseline: fedavg                  # optional: per-task comparison against this variant
 
 writes ``results.csv`` (one row per run: its overrides and flattened ``summary.json``),
-``results.md`` (mean ± std over seeds per variant) and ``comparison.png``.
+``results.md`` (mean ± std over seeds per variant; with a ``baseline``, also each variant's
+per-task scores, the share of tasks it improves over the baseline and its average improvement
+rate, the measures of FewFedWeight's paper) and ``comparison.png``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Sweep:
     name: str
     runs: list[SweepRun]
     metrics: list[str] = field(default_factory=list)
+    baseline: str = ""
 
 
 def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, list[str]]]:
@@ -62,7 +66,8 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"sweep file not found: {path}")
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert isinstance(spec, dict)
-    unknown = set(spec) - {"base", "name", "seeds", "overrides", "runs", "grid", "metrics"}
+    unknown = set(spec) - {"base", "name", "seeds", "overrides", "runs", "grid", "metrics",
+                           "baseline"}
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}")
     if "base" not in spec:
@@ -84,8 +89,11 @@ def load_sweep(path: str | Path) -> Sweep:
             load_config(base, run.overrides)
         except ConfigError as err:
             raise ConfigError(f"{path}: run {run.variant!r} (seed {run.seed}): {err}") from err
+    baseline = str(spec.get("baseline", ""))
+    if baseline and baseline not in {r.variant for r in runs}:
+        raise ConfigError(f"{path}: baseline {baseline!r} is not one of the runs' names")
     return Sweep(base, str(spec.get("name", path.stem)), runs,
-                 [str(m) for m in spec.get("metrics", [])])
+                 [str(m) for m in spec.get("metrics", [])], baseline)
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = True) -> Path:
@@ -103,7 +111,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = 
         rows.append({"variant": run.variant, "seed": run.seed,
                      "overrides": " ".join(run.overrides), "run_dir": str(folder),
                      **flatten_dict(summary)})
-        write_results(root, rows, sweep.metrics)
+        write_results(root, rows, sweep.metrics, sweep.baseline)
     return root
 
 
@@ -111,7 +119,8 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
 
 
-def write_results(root: Path, rows: list[dict[str, Any]], metrics: list[str]) -> None:
+def write_results(root: Path, rows: list[dict[str, Any]], metrics: list[str],
+                  baseline: str = "") -> None:
     """``results.csv``, ``results.md`` and ``comparison.png`` from the rows so far."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (root / "results.csv").open("w", newline="") as fh:
@@ -119,8 +128,43 @@ def write_results(root: Path, rows: list[dict[str, Any]], metrics: list[str]) ->
         writer.writeheader()
         writer.writerows(rows)
     table = aggregate(rows, metrics)
-    (root / "results.md").write_text(results_markdown(table, metrics))
+    text = results_markdown(table, metrics)
+    if baseline and any(r["variant"] == baseline for r in rows):
+        text += "\n" + improvement_markdown(improvement(rows, baseline), baseline)
+    (root / "results.md").write_text(text)
     plot_comparison(table, metrics, root / "comparison.png")
+
+
+TASK_PREFIX = "tasks."
+
+
+def improvement(rows: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, Any]]:
+    """Per variant: mean per-task score over seeds, the share of tasks above the baseline and
+    the average improvement rate mean_t (s_t − b_t) / b_t (tasks with b_t = 0 left out)."""
+    columns = sorted({k for r in rows for k in r if k.startswith(TASK_PREFIX)})
+    means = {v: {c[len(TASK_PREFIX):]: m[c][0] for c in columns if c in m}
+             for v, m in aggregate(rows, columns).items()}
+    base = means[baseline]
+    out: dict[str, dict[str, Any]] = {}
+    for variant, scores in means.items():
+        shared = [t for t in scores if t in base]
+        rates = [(scores[t] - base[t]) / base[t] for t in shared if base[t] > 0]
+        out[variant] = {
+            "tasks": scores, "average": statistics.fmean(scores.values()) if scores else 0.0,
+            "improved_share": sum(scores[t] > base[t] for t in shared) / max(len(shared), 1),
+            "improvement_rate": statistics.fmean(rates) if rates else 0.0}
+    return out
+
+
+def improvement_markdown(table: dict[str, dict[str, Any]], baseline: str) -> str:
+    tasks = sorted({t for v in table.values() for t in v["tasks"]})
+    head = (f"Per-task scores (mean over seeds) against `{baseline}`\n\n| variant | "
+            + " | ".join(tasks) + " | average | tasks improved | avg. improvement rate |\n|---|"
+            + "---|" * (len(tasks) + 3) + "\n")
+    lines = [f"| {v} | " + " | ".join(f"{row['tasks'].get(t, float('nan')):.3f}" for t in tasks)
+             + f" | {row['average']:.3f} | {row['improved_share']:.0%} | "
+               f"{row['improvement_rate']:+.1%} |" for v, row in table.items()]
+    return head + "\n".join(lines) + "\n"
 
 
 def aggregate(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[str, tuple[float, float, int]]]:

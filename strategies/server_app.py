@@ -74,7 +74,7 @@ class ServerRun:
             return None  # a resumed run recorded its starting point already
         server = self.evaluate(arrays)
         entry = self.strategy.round_log(server_round)
-        record = {"round": rnd, "server": server, "clients": entry.clients,
+        record = {"round": rnd, "time": time.time(), "server": server, "clients": entry.clients,
                   "dropped": entry.dropped,
                   "train": entry.extra.get("train", {}), "evaluate": entry.extra.get("evaluate", {}),
                   "durations": {**entry.durations, "round_s": time.time() - entry.started},
