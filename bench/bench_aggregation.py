@@ -16,12 +16,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import os
-import platform
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +27,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedprivacy.aggregation import StreamingAverage, array_view
+from record import append_result
 from fedprivacy.pseudo import generate_pseudo_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +174,7 @@ def bench_pseudo(count: int, repeats: int) -> list[dict[str, object]]:
                                                "labels": ""}}
     rows = []
     for name, description in tasks.items():
-        def run() -> object:
+        def run(description: dict = description) -> object:
             return generate_pseudo_samples(model, tokenizer, description, count=count,
                                            max_new_tokens=12, temperature=1.0, top_p=0.95, seed=0,
                                            batch_size=16, answer_max_new_tokens=8)
@@ -245,16 +241,7 @@ def main() -> None:
     table = markdown(agg, pseudo, args.clients, threads, args.pseudo_threads)
     print(table)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        header = "" if path.exists() else "# Benchmarks\n"
-        command = "python " + " ".join(shlex.quote(a) for a in ["bench/bench_aggregation.py", *sys.argv[1:]])
-        machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
-                   f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, numpy {np.__version__}, "
-                   f"torch {torch.__version__}")
-        with path.open("a") as fh:
-            fh.write(f"{header}\n## Aggregation and pseudo data ({datetime.date.today()})\n\n"
-                     f"`{command}`\n\n{machine}\n\n{table}\n")
-        print(f"\nappended to {path}")
+        append_result("Aggregation and pseudo data (bench/bench_aggregation.py)", table)
 
 
 if __name__ == "__main__":

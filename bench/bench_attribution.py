@@ -12,14 +12,9 @@ with the command line, to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -27,6 +22,7 @@ import transformers as tf
 from captum.attr import IntegratedGradients
 
 from fedprivacy import attribution, sites
+from record import append_result
 from fedprivacy.privacy import depn
 
 SECTION = "## FFN integrated gradients and DEPN (bench/bench_attribution.py)"
@@ -157,31 +153,12 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def append_to(path: Path, table: str, command: str) -> None:
-    """Append one run under this bench's section of BENCHMARKS.md (created when absent)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    entry = (
-        f"\n### {stamp}\n\n`{command}`\n\n{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"load average {load}, torch {torch.__version__}\n\n{table}\n"
-    )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n"
-    head, _, rest = text.partition(SECTION)
-    next_section = rest.find("\n## ")
-    body, tail = (rest, "") if next_section < 0 else (rest[:next_section], rest[next_section:])
-    path.write_text(head + SECTION + body.rstrip("\n") + "\n" + entry + tail)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     table = run(args)
     print(table)
     if args.write:
-        command = shlex.join(["python", "bench/bench_attribution.py", *sys.argv[1:]])
-        append_to(args.output, table, command)
-        print(f"\nappended to {args.output}")
+        append_result(SECTION.removeprefix("## "), table, args.output)
 
 
 if __name__ == "__main__":

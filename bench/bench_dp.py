@@ -12,13 +12,8 @@ the model, each arm in a fresh process (freed memory stays with the allocator ot
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +21,8 @@ from pathlib import Path
 import torch
 from bench_aggregation import PeakRSS
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from record import append_result
 
 from fedprivacy.privacy.dp import DPConfig, make_private, sequence_losses
 from fedprivacy.privacy.exposure import lm_logits
@@ -132,15 +129,7 @@ def main() -> None:
     table = markdown(args, params, times, memory)
     print(table)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        header = "" if path.exists() else "# Benchmarks\n"
-        command = "python " + " ".join(shlex.quote(a) for a in ["bench/bench_dp.py", *sys.argv[1:]])
-        machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
-                   f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, torch {torch.__version__}")
-        with path.open("a") as fh:
-            fh.write(f"{header}\n## DP-SGD vs non-private training ({datetime.date.today()})\n\n"
-                     f"`{command}`\n\n{machine}\n\n{table}\n")
-        print(f"\nappended to {path}")
+        append_result("DP-SGD vs non-private training (bench/bench_dp.py)", table)
 
 
 if __name__ == "__main__":

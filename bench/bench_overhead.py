@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedprivacy.config import load_config  # noqa: E402
 from simulations.runner import run_experiment, submit, write_app  # noqa: E402
+from record import append_result  # noqa: E402
 
 
 class PeakRSS:
@@ -111,12 +112,8 @@ def main() -> None:
              + "\n".join(rows))
     print(table)
     if args.write:
-        command = "python bench/bench_overhead.py " + " ".join(sys.argv[1:])
-        with (ROOT / "BENCHMARKS.md").open("a") as fh:
-            fh.write(f"\n## Simulation overhead against plain Flower FedAvg\n\n"
-                     f"`{command}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; "
-                     f"{args.rounds} rounds, {args.steps} local steps; warm rounds 2..R)\n\n"
-                     f"{table}\n")
+        append_result("Simulation overhead against plain Flower FedAvg (bench/bench_overhead.py)",
+                      f"{args.rounds} rounds, {args.steps} local steps; warm rounds 2..R\n\n{table}")
 
 
 if __name__ == "__main__":

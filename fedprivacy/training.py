@@ -72,12 +72,14 @@ def sft(model: PreTrainedModel, encoded: Batch, tc: TrainConfig, seed: int,
     per row) every step minimises (1 − λ)·L(local batch) + λ·L_w(extra batch), λ = ``extra_weight``.
     """
     batches = endless_batches(encoded, tc.batch_size, seed)
-    loss_fn: LossFn = causal_lm_loss
-    if extra is not None:
-        extra_batches = endless_batches(extra, tc.batch_size, seed + 1)
-        batches = ({"local": a, "extra": b} for a, b in zip(batches, extra_batches))
+    if extra is None:
+        return train_loop(model, batches, tc.steps, make_optimizer(model, tc), tc.max_grad_norm)
+    pairs = ({"local": a, "extra": b}
+             for a, b in zip(batches, endless_batches(extra, tc.batch_size, seed + 1)))
 
-        def loss_fn(m: PreTrainedModel, b: Batch) -> torch.Tensor:
-            return ((1 - extra_weight) * causal_lm_loss(m, b["local"])
-                    + extra_weight * weighted_loss(m, b["extra"]))
-    return train_loop(model, batches, tc.steps, make_optimizer(model, tc), tc.max_grad_norm, loss_fn)
+    def mixed_loss(m: PreTrainedModel, b: dict[str, Batch]) -> torch.Tensor:
+        return ((1 - extra_weight) * causal_lm_loss(m, b["local"])
+                + extra_weight * weighted_loss(m, b["extra"]))
+
+    return train_loop(model, pairs, tc.steps, make_optimizer(model, tc), tc.max_grad_norm,
+                      mixed_loss)

@@ -98,8 +98,8 @@ def test_record_scores_match_slow_reference(kind):
     # Assert
     assert expected.abs().max() > 1e-4
     torch.testing.assert_close(scores, expected.float(), rtol=1e-4, atol=1e-8)
-    chosen = [(l, i) for l, i, _ in depn.select_candidates(scores, [0, 1])]
-    assert chosen == [(l, i) for l, i, _ in depn.select_candidates(expected.float(), [0, 1])]
+    chosen = [(layer, i) for layer, i, _ in depn.select_candidates(scores, [0, 1])]
+    assert chosen == [(layer, i) for layer, i, _ in depn.select_candidates(expected.float(), [0, 1])]
 
 
 @pytest.fixture(scope="module")

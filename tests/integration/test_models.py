@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from fedprivacy.config import ModelConfig, TrainConfig
 from fedprivacy.data.encoding import encode_records

@@ -1,6 +1,5 @@
 """Run folder records, checkpoints and sweep expansion/aggregation."""
 
-import json
 
 import numpy as np
 import pytest
