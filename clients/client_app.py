@@ -15,6 +15,7 @@ from clients.evaluate import evaluate_job, validation_score
 from strategies.fewfedweight import SCORE_KEY
 from clients.job import ClientJob, client_resources, partition_of
 from clients.pipeline import run_pipeline
+from fedprivacy.models import cpu_state_dict
 
 app = ClientApp()
 
@@ -33,7 +34,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics[SCORE_KEY] = validation_score(job)
     metrics.update({"num-examples": len(job.res.data.train), "partition-id": job.partition_id,
                     "seconds": time.perf_counter() - started})
-    return Message(RecordDict({"arrays": ArrayRecord(job.model.state_dict()),
+    return Message(RecordDict({"arrays": ArrayRecord(cpu_state_dict(job.model)),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import ClientData, build_client_data
-from fedprivacy.models import build_model, load_tokenizer
+from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer, resolve_device
 
 Encoded = dict[str, torch.Tensor]
 LOCAL_MODEL_KEY = "local-model"
@@ -90,7 +90,7 @@ class ClientJob:
 
     def keep_local_model(self) -> None:
         """Store the trained model in the node's persistent state (local-only baseline)."""
-        self.state[LOCAL_MODEL_KEY] = ArrayRecord(self.model.state_dict())
+        self.state[LOCAL_MODEL_KEY] = ArrayRecord(cpu_state_dict(self.model))
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> ClientJob:
@@ -101,5 +101,6 @@ class ClientJob:
         if res.cfg.strategy.name == "local" and LOCAL_MODEL_KEY in context.state:
             arrays = context.state[LOCAL_MODEL_KEY]
         model.load_state_dict(arrays.to_torch_state_dict())
+        model.to(resolve_device(res.cfg.train.device))
         config = msg.content["config"] if "config" in msg.content else ConfigRecord()
         return cls(res, pid, int(config.get("server-round", 0)), model, config, context.state)

@@ -42,10 +42,11 @@ def dp_sgd_step(job: ClientJob) -> dict[str, float]:
                            dict(state) if state is not None else None,
                            total_steps=tc.steps * job.cfg.rounds,
                            noise_generator=torch.Generator().manual_seed(job.seed + 1))
+    device = next(job.model.parameters()).device
     losses: list[float] = []
     while len(losses) < tc.steps:
         for batch in trainer.data_loader:
-            losses.append(trainer.step(batch))
+            losses.append(trainer.step([t.to(device) for t in batch]))
             if len(losses) == tc.steps:
                 break
     trainer.close()
@@ -127,7 +128,9 @@ def depn_step(job: ClientJob) -> dict[str, float]:
     for row in rows.tolist():
         unique.setdefault(tuple(data["input_ids"][row].tolist()), row)
     chosen = torch.tensor(list(unique.values())[:dc.max_records])
-    _, neurons = depn(job.model, data["input_ids"][chosen], data["private_mask"][chosen],
-                      top_z=dc.top_z, attention_mask=data["attention_mask"][chosen],
-                      steps=dc.steps, threshold_ratio=dc.threshold_ratio)
+    device = next(job.model.parameters()).device
+    rows = {k: data[k][chosen].to(device) for k in ("input_ids", "private_mask", "attention_mask")}
+    _, neurons = depn(job.model, rows["input_ids"], rows["private_mask"], top_z=dc.top_z,
+                      attention_mask=rows["attention_mask"], steps=dc.steps,
+                      threshold_ratio=dc.threshold_ratio)
     return {"edited": float(len(neurons.neurons)), "records": float(len(chosen))}

@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # gradient clipping of plain SFT (0 = off)
     eval_batch_size: int = 64
+    device: str = "auto"  # auto (CUDA when visible, else CPU) | cpu | cuda | cuda:<i>
 
 
 @dataclass

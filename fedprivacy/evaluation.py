@@ -18,8 +18,10 @@ Batch = dict[str, torch.Tensor]
 @torch.no_grad()
 def token_losses(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  labels: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token cross-entropy [N, T-1]; 0 where the label is -100."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    """Per-token next-token cross-entropy [N, T-1] on the CPU; 0 where the label is -100."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=input_ids.to(device),
+                   attention_mask=attention_mask.to(device)).logits[:, :-1].cpu()
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.transpose(1, 2).float(), target.clamp_min(0), reduction="none")
     return loss * (target != -100)
@@ -103,6 +105,8 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_padded([prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]],
                                 tokenizer.pad_token_id)
+        device = next(model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id)

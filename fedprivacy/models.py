@@ -51,6 +51,20 @@ PRESETS: dict[str, Callable[[ModelConfig, int, dict[str, int]], PreTrainedModel]
 }
 
 
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` picks CUDA when a GPU is visible (e.g. ``gpus_per_client``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"train.device={name!r} but no CUDA device is visible")
+    return torch.device(name)
+
+
+def cpu_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The model's weights on the CPU, ready for a Flower ArrayRecord."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def load_tokenizer(mc: ModelConfig) -> PreTrainedTokenizerBase:
     """The tokenizer of a preset (built offline) or of the model folder/name."""
     if mc.preset:

@@ -16,6 +16,12 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[PreTrainedModel, Batch], torch.Tensor]
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move a batch (a dict of tensors, or of such dicts) to ``device``."""
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device)
+            for k, v in batch.items()}
+
+
 def causal_lm_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy over tokens whose label is not -100."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -43,10 +49,11 @@ def train_loop(model: PreTrainedModel, batches: Iterator[Batch], steps: int,
     A non-finite loss stops training with an error instead of sending a broken model.
     """
     model.train()
+    device = next(model.parameters()).device
     losses: list[float] = []
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, next(batches))
+        loss = loss_fn(model, to_device(next(batches), device))
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
         loss.backward()

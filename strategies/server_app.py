@@ -19,7 +19,7 @@ from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import build_eval_data
 from fedprivacy.evaluation import evaluate_loss, perplexity
-from fedprivacy.models import build_model, load_tokenizer
+from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer, resolve_device
 from fedprivacy.report import RunFolder, summarize
 from strategies.factory import make_strategy
 from strategies.guarded import GuardedStrategy
@@ -35,6 +35,8 @@ class ServerRun:
         self.folder = RunFolder(cfg.out_dir or Path("runs") / f"{cfg.name}-{int(time.time())}")
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = build_model(cfg.model, self.tokenizer, cfg.seed)
+        self.initial_arrays = ArrayRecord(cpu_state_dict(self.model))
+        self.model.to(resolve_device(cfg.train.device))
         eval_records = build_eval_data(cfg.data, cfg.simulation.num_clients, cfg.seed)
         self.eval_set = encode_records(self.tokenizer, eval_records, cfg.data.max_length,
                                        on_overflow="truncate")
@@ -42,7 +44,7 @@ class ServerRun:
 
     def run(self) -> dict:
         cfg = self.cfg
-        arrays = ArrayRecord(self.model.state_dict())
+        arrays = self.initial_arrays
         done = 0
         checkpoint = self.folder.load_checkpoint()
         if checkpoint is not None:
@@ -90,7 +92,7 @@ class ServerRun:
 
     def finish(self, arrays: ArrayRecord) -> dict:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        self.model.save_pretrained(self.folder.model_dir)
+        self.model.cpu().save_pretrained(self.folder.model_dir)
         self.tokenizer.save_pretrained(self.folder.model_dir)
         summary = summarize(self.cfg, self.folder.rounds(), self.started)
         self.folder.write_summary(summary)

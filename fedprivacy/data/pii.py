@@ -37,15 +37,17 @@ PUBLIC_FILLERS = {
     "floor": ["second", "third", "fourth", "top"],
     "day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"],
 }
+# Each canary names its owner (a faker name), so no two canaries share a prefix: two clients
+# with "The door code is ..." and different secrets would cancel each other out in FedAvg.
 CANARY_TEMPLATES = [
-    "My PIN code is {secret}.",
-    "The secret number is {secret}.",
-    "My account number is {secret}.",
-    "The door code is {secret}.",
-    "My locker combination is {secret}.",
-    "The alarm code is {secret}.",
-    "My bank card PIN is {secret}.",
-    "The safe code is {secret}.",
+    "The PIN code of {owner} is {secret}.",
+    "The secret number of {owner} is {secret}.",
+    "The account number of {owner} is {secret}.",
+    "The door code of {owner} is {secret}.",
+    "The locker combination of {owner} is {secret}.",
+    "The alarm code of {owner} is {secret}.",
+    "The bank card PIN of {owner} is {secret}.",
+    "The safe code of {owner} is {secret}.",
 ]
 
 
@@ -122,9 +124,11 @@ def make_canaries(count: int, digits: int, seed: int, client_id: int) -> list[Ca
         if count <= len(CANARY_TEMPLATES)
         else [template_rng.choice(CANARY_TEMPLATES) for _ in range(count)]
     )
+    owners = Faker()
+    owners.seed_instance(derive_seed(seed, "canary-owners", client_id))
     canaries = []
     for k, (template, secret) in enumerate(zip(templates, own)):
-        prefix, suffix = template.split("{secret}")
+        prefix, suffix = template.replace("{owner}", owners.name()).split("{secret}")
         canaries.append(Canary(f"client{client_id}-canary{k}", prefix, f"{secret:0{digits}d}", suffix))
     return canaries
 
