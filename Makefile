@@ -28,8 +28,11 @@ test-fast: $(STAMP)     ## unit + integration tiers (under a minute)
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e
 
-bench: $(STAMP)
+bench: $(STAMP)          ## every benchmark; each appends its figures to BENCHMARKS.md
 	$(BIN)/python bench/bench_overhead.py --write
+	$(BIN)/python bench/bench_attribution.py --write
+	$(BIN)/python bench/bench_aggregation.py --write
+	$(BIN)/python bench/bench_dp.py --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -11,8 +11,7 @@ import time
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.evaluate import evaluate_job, validation_score
-from strategies.fewfedweight import SCORE_KEY
+from clients.evaluate import client_model_scores, evaluate_job
 from clients.job import ClientJob, client_resources, partition_of
 from clients.pipeline import run_pipeline
 from fedprivacy.models import cpu_state_dict
@@ -30,8 +29,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics = run_pipeline(job)
     if job.local_only:
         job.keep_local_model()
-    if job.cfg.strategy.name == "fewfedweight":  # adaptive aggregation weighs by this score
-        metrics[SCORE_KEY] = validation_score(job)
+    if job.res.data.task is not None or job.cfg.strategy.name == "fewfedweight":
+        metrics.update(client_model_scores(job))
     metrics.update({"num-examples": len(job.res.data.train), "partition-id": job.partition_id,
                     "seconds": time.perf_counter() - started})
     return Message(RecordDict({"arrays": ArrayRecord(cpu_state_dict(job.model)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clients.job import ClientJob
+from fedprivacy.aggregation import SCORE_KEY
 from fedprivacy.evaluation import evaluate_loss, perplexity, task_accuracy
 from fedprivacy.privacy.ledger import canary_leakage
 
@@ -23,7 +24,17 @@ def evaluate_job(job: ClientJob) -> dict[str, float]:
     return metrics
 
 
-def validation_score(job: ClientJob) -> float:
-    """Higher is better: task accuracy, or minus the validation loss for corpus data."""
-    metrics = evaluate_job(job)
-    return metrics.get("accuracy", -metrics["eval_loss"])
+def client_model_scores(job: ClientJob) -> dict[str, float]:
+    """Scores of the client's own model after local training (higher is better).
+
+    ``val_score``: validation accuracy (minus the validation loss for corpus data), which
+    FewFedWeight's adaptive aggregation weighs clients by; ``test_score``: accuracy on the
+    client's test split, the per-task score that sweeps compare.
+    """
+    data, cfg = job.res.data, job.cfg
+    if data.task is None:
+        loss, _ = evaluate_loss(job.model, job.res.val_set, cfg.train.eval_batch_size)
+        return {SCORE_KEY: -loss}
+    score = lambda records: task_accuracy(job.model, job.res.tokenizer, data.task, records,  # noqa: E731
+                                          cfg.train.eval_batch_size)
+    return {SCORE_KEY: score(data.validation), "test_score": score(data.test)}

@@ -17,7 +17,7 @@ from fedprivacy.data.encoding import encode_records
 from fedprivacy.pseudo import pseudo_from_config
 from fedprivacy.training import sft
 
-Step = Callable[[ClientJob], dict[str, float]]
+Step = Callable[[ClientJob], dict[str, float | list[int]]]
 
 
 def _tail_mean(losses: list[float]) -> float:
@@ -54,9 +54,9 @@ STEPS: dict[str, Step] = {
 }
 
 
-def run_pipeline(job: ClientJob) -> dict[str, float]:
+def run_pipeline(job: ClientJob) -> dict[str, float | list[int]]:
     """Run ``client.steps`` in order; metrics carry the step name and its duration."""
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | list[int]] = {}
     for name in job.cfg.client.steps:
         if name not in STEPS:
             raise KeyError(f"client.steps: step {name!r} is not available; "

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedModel
 
 from clients.job import ClientJob
-from fedprivacy.privacy.depn import depn
+from fedprivacy import sites
+from fedprivacy.privacy.depn import depn, neuron_ids
 from fedprivacy.privacy.detectors import ModelScoreDetector, PatternDetector, SpanDetector
 from fedprivacy.privacy.dp import make_private
 from fedprivacy.privacy.swing import kd_loss, swing_distillation_loss, swing_temperatures
@@ -122,7 +123,7 @@ def depn_step(job: ClientJob) -> dict[str, float]:
     private = data["private_mask"].any(dim=1)
     rows = torch.nonzero(private).flatten()
     if len(rows) == 0:
-        return {"edited": 0.0, "records": 0.0}
+        return {"edited": 0.0, "records": 0.0, "neurons": []}
     # identical private records (a canary repeated k times) vote once each
     unique: dict[tuple[int, ...], int] = {}
     for row in rows.tolist():
@@ -133,4 +134,5 @@ def depn_step(job: ClientJob) -> dict[str, float]:
     _, neurons = depn(job.model, rows["input_ids"], rows["private_mask"], top_z=dc.top_z,
                       attention_mask=rows["attention_mask"], steps=dc.steps,
                       threshold_ratio=dc.threshold_ratio)
-    return {"edited": float(len(neurons.neurons)), "records": float(len(chosen))}
+    return {"edited": float(len(neurons.neurons)), "records": float(len(chosen)),
+            "neurons": neuron_ids(neurons.neurons, sites.ffn_dim(job.model))}

@@ -145,23 +145,32 @@ def summarize(cfg: ExperimentConfig, rounds: list[dict[str, Any]], started: floa
     trained = [r for r in rounds if r.get("clients")]
     if trained:
         summary["privacy"] = privacy_ledger(trained[-1])
-        tasks = task_scores(cfg, trained[-1])
-        if tasks:
-            summary["tasks"] = tasks
+        summary.update(task_scores(cfg, trained[-1]))
     summary.update(extra or {})
     return summary
 
 
-def task_scores(cfg: ExperimentConfig, record: dict[str, Any]) -> dict[str, float]:
-    """Mean validation accuracy per task (one task per client: ``data.partition=by_task``)."""
+TASK_SCORES = {"tasks": "train.test_score", "tasks_global": "evaluate.accuracy"}
+
+
+def task_scores(cfg: ExperimentConfig, record: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per task (one task per client: ``data.partition=by_task``), the mean over its clients of
+    ``tasks``: the client's own model after local training, on its test split, and
+    ``tasks_global``: the global model's validation accuracy."""
     if cfg.data.source != "tasks" or cfg.data.partition != "by_task":
         return {}
     names = task_names(cfg.data)
-    scores: dict[str, list[float]] = {}
-    for client, row in record.get("clients", {}).items():
-        if client.isdigit() and "evaluate.accuracy" in row:
-            scores.setdefault(names[int(client) % len(names)], []).append(row["evaluate.accuracy"])
-    return {task: sum(v) / len(v) for task, v in scores.items()}
+    out: dict[str, dict[str, float]] = {}
+    for section, metric in TASK_SCORES.items():
+        scores: dict[str, list[float]] = {}
+        for client, row in record.get("clients", {}).items():
+            if client.isdigit() and metric in row:
+                scores.setdefault(names[int(client) % len(names)], []).append(row[metric])
+        if scores:
+            out[section] = {task: sum(v) / len(v) for task, v in scores.items()}
+            out.setdefault("task_mean", {})[section] = (
+                sum(out[section].values()) / len(out[section]))
+    return out
 
 
 def privacy_ledger(record: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedprivacy.config import ExperimentConfig
+from strategies.depn_merge import NeuronEditMerge
 from strategies.fewfedweight import FewFedWeight
 from strategies.guarded import aggregate_client_metrics
 
@@ -27,9 +28,13 @@ def make_strategy(cfg: ExperimentConfig, model: PreTrainedModel,
     """``strategy.name`` -> a Message-API strategy.
 
     ``local`` runs FedAvg on the server for the record, but its clients train and evaluate
-    their own model from round to round (`clients.job.ClientJob.local_only`).
+    their own model from round to round (`clients.job.ClientJob.local_only`). With DEPN
+    clients, `NeuronEditMerge` zeroes their reported privacy neurons after aggregation.
     """
+    strategy: Strategy = FedAvg(**fedavg_arguments(cfg))
     if cfg.strategy.name == "fewfedweight":
-        return FewFedWeight(cfg.strategy.fewfedweight, model, tokenizer, cfg.seed,
-                            **fedavg_arguments(cfg))
-    return FedAvg(**fedavg_arguments(cfg))
+        strategy = FewFedWeight(cfg.strategy.fewfedweight, model, tokenizer, cfg.seed,
+                                **fedavg_arguments(cfg))
+    if "depn" in cfg.client.steps:
+        strategy = NeuronEditMerge(strategy, model)
+    return strategy

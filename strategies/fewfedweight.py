@@ -32,12 +32,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedprivacy.aggregation import StreamingAverage, client_weights
+from fedprivacy.aggregation import SCORE_KEY, StreamingAverage, client_weights
 from fedprivacy.config import FewFedWeightConfig
 from fedprivacy.pseudo import generate_pseudo_samples, pseudo_to_config, weight_samples
-
-SCORE_KEY = "val_score"
-
 
 class FewFedWeight(FedAvg):
     """FedAvg sampling with per-client pseudo data and performance-weighted aggregation."""

@@ -80,7 +80,7 @@ class ServerRun:
                   "dropped": entry.dropped,
                   "train": entry.extra.get("train", {}), "evaluate": entry.extra.get("evaluate", {}),
                   "durations": {**entry.durations, "round_s": time.time() - entry.started},
-                  "strategy": getattr(self.strategy.inner, "round_info", {}).get(rnd, {})}
+                  "strategy": self.strategy_info(rnd)}
         self.folder.append_round(record)
         if rnd > 0:
             self.folder.save_checkpoint(rnd, {k: a.numpy() for k, a in arrays.items()})
@@ -89,6 +89,14 @@ class ServerRun:
             server["eval_ppl"], len(entry.clients), len(entry.dropped),
             record["durations"]["round_s"])
         return MetricRecord(server)
+
+    def strategy_info(self, rnd: int) -> dict:
+        """What the wrapped strategies recorded for a round (``round_info`` of each layer)."""
+        info, layer = {}, self.strategy.inner
+        while layer is not None:
+            info.update(getattr(layer, "round_info", {}).get(rnd, {}))
+            layer = getattr(layer, "inner", None)
+        return info
 
     def finish(self, arrays: ArrayRecord) -> dict:
         self.model.load_state_dict(arrays.to_torch_state_dict())

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -182,3 +182,16 @@ def depn(
         model, input_ids, private_mask, attention_mask, top_z=top_z, **detect_kwargs
     )
     return apply_depn(model, neurons), neurons
+
+
+def neuron_ids(neurons: Iterable[tuple[int, int]], d_ff: int) -> list[int]:
+    """(layer, index) pairs as flat ids layer·d_ff + index, e.g. to report them as metadata."""
+    return sorted(layer * d_ff + index for layer, index in neurons)
+
+
+def neurons_by_layer(ids: Iterable[int], d_ff: int) -> dict[int, list[int]]:
+    """Flat ids back to ``{layer: [index, ...]}`` (inverse of `neuron_ids`)."""
+    grouped: dict[int, list[int]] = {}
+    for flat in sorted(set(ids)):
+        grouped.setdefault(flat // d_ff, []).append(flat % d_ff)
+    return grouped

@@ -65,6 +65,7 @@ def test_each_pipeline_trains_and_reports(steps):
     assert list(reply.content.config_records.keys()) == []
     if "depn" in steps:
         assert 0 < metrics["depn.edited"] <= 5
+        assert len(metrics["depn.neurons"]) == metrics["depn.edited"]
 
 
 def test_dp_epsilon_composes_over_rounds_in_the_context():
