@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
+
+import psutil
 
 from fedprivacy.config import ExperimentConfig, flatten
 from fedprivacy.report import RunFolder
@@ -82,25 +83,29 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left."""
+def _kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop ``proc`` and every process below it: SIGTERM, then SIGKILL after ``grace`` s.
+
+    The SuperLink starts SuperExec and the simulation (and it Ray) in sessions of their own,
+    so the process group is not enough: the tree is collected first, then signalled.
+    """
     try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    for p in tree:
         try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                proc.wait(timeout=1)
-                return
-            time.sleep(0.2)
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
     proc.wait(timeout=5)
 
 
@@ -124,7 +129,7 @@ def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
         _wait_healthy(port, proc, log_path)
         yield env
     finally:
-        _kill_group(proc)
+        _kill_tree(proc)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -167,7 +172,7 @@ def submit(app_dir: Path, cfg: ExperimentConfig, log_path: Path,
                 time.sleep(0.5)
             on_tick()
         finally:
-            _kill_group(proc, grace=5.0)
+            _kill_tree(proc, grace=5.0)
     return proc.returncode
 
 

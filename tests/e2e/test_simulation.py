@@ -1,7 +1,10 @@
 """End to end: a real Flower simulation (Ray) through `fedprivacy run`'s code path."""
 
 import json
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 from transformers import AutoModelForCausalLM
@@ -75,3 +78,26 @@ def test_resume_continues_after_the_last_checkpoint(run_dir):
     assert [r["round"] for r in lines] == [0, 1, 2, 3]
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 3
     assert _flower_processes() == []
+
+
+def test_killed_run_stops_everything_and_resumes(tmp_path):
+    # Prepare: a 3-round run in its own process, as a user starts it
+    cmd = [sys.executable, "-m", "simulations.cli", "run", *FAST, "rounds=3",
+           "--out", str(tmp_path), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (metrics.is_file() and '"round": 1' in metrics.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "round 1 never finished"
+        time.sleep(1)
+    # Execute: kill it after round 1, then resume from its folder
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    left = _flower_processes()
+    cfg = load_config(tmp_path / "config.yaml", [f"out_dir={tmp_path}"])
+    run_experiment(cfg, progress=False)
+    # Assert: nothing survived the kill; the resumed run did not redo round 1
+    assert left == []
+    rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
+    assert rounds[:2] == [0, 1] and rounds[-1] == 3 and rounds.count(1) == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
