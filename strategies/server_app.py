@@ -81,9 +81,9 @@ class ServerRun:
                   "train": entry.extra.get("train", {}), "evaluate": entry.extra.get("evaluate", {}),
                   "durations": {**entry.durations, "round_s": time.time() - entry.started},
                   "strategy": self.strategy_info(rnd)}
-        self.folder.append_round(record)
-        if rnd > 0:
+        if rnd > 0:  # checkpoint first: a recorded round can always be resumed from
             self.folder.save_checkpoint(rnd, {k: a.numpy() for k, a in arrays.items()})
+        self.folder.append_round(record)
         log(INFO, "[fedprivacy] round %d/%d: global eval loss %.4f (ppl %.2f), %d clients, "
                   "%d dropped, %.1f s", rnd, self.cfg.rounds, server["eval_loss"],
             server["eval_ppl"], len(entry.clients), len(entry.dropped),
