@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -127,7 +128,7 @@ def test_local_only_client_trains_and_evaluates_its_own_model():
     # Prepare: a local-only client trains once; then the server sends other (zeroed) weights
     _, context, arrays = _setup(SMALL + ["strategy.name=local"])
     trained = client_app.train(_message(arrays), context).content["arrays"]
-    zeros = ArrayRecord({k: np.zeros_like(a.numpy()) for k, a in arrays.items()})
+    zeros = ArrayRecord({k: torch.zeros(a.shape) for k, a in arrays.items()})
     # Execute
     local_eval = client_app.evaluate(_message(zeros, MessageType.EVALUATE), context)
     _, fresh_context, _ = _setup(SMALL)
