@@ -269,7 +269,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override {bad[0]!r}: expected key=value")
-        layers.append(OmegaConf.from_dotlist(overrides))
+        # `key=` (what a shell makes of key='') means the empty string, not null
+        layers.append(OmegaConf.from_dotlist([o + "''" if o.endswith("=") else o
+                                              for o in overrides]))
     try:
         merged = OmegaConf.merge(*layers)
         cfg = _to_dataclass(merged)

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         console.print(f"[red]config error:[/red] {err}", highlight=False)
         return 2
-    except RuntimeError as err:  # RunFailed, ModelLoadError: the message says what to do
+    except (RuntimeError, ValueError) as err:  # the message names the key or file
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 1
     except KeyboardInterrupt:

@@ -181,9 +181,11 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
 
     Re-running on a folder with a checkpoint resumes after the last finished round.
     """
+    from simulations.preflight import preflight
     from simulations.progress import RoundProgress
 
     cfg = resolve_out_dir(cfg)
+    preflight(cfg)
     folder = RunFolder(cfg.out_dir)
     folder.write_config(cfg)
     (folder.path / "summary.json").unlink(missing_ok=True)

@@ -100,3 +100,10 @@ def test_pyproject_flower_config_matches_the_schema():
     walk(declared)
     # Assert
     assert flat_declared == flatten(ExperimentConfig())
+
+
+def test_empty_override_is_the_empty_string():
+    # Execute: the shell turns model.preset='' into model.preset=
+    cfg = load_config(None, ["model.preset=", "model.name_or_path=/some/folder"])
+    # Assert
+    assert cfg.model.preset == "" and cfg.model.name_or_path == "/some/folder"
