@@ -186,8 +186,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
 
     cfg = resolve_out_dir(cfg)
     preflight(cfg)
-    folder = RunFolder(cfg.out_dir)
-    folder.write_config(cfg)
+    folder = RunFolder(cfg.out_dir)  # the ServerApp writes config.yaml and versions.json
     (folder.path / "summary.json").unlink(missing_ok=True)
     app_dir = folder.path / ".flwr-app"
     write_app(app_dir, cfg)

@@ -33,6 +33,7 @@ class ServerRun:
     def __init__(self, cfg: ExperimentConfig, grid: Grid) -> None:
         self.cfg, self.grid = cfg, grid
         self.folder = RunFolder(cfg.out_dir or Path("runs") / f"{cfg.name}-{int(time.time())}")
+        self.folder.write_config(cfg)  # also under `flwr run` and in deployments
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = build_model(cfg.model, self.tokenizer, cfg.seed)
         self.initial_arrays = ArrayRecord(cpu_state_dict(self.model))
