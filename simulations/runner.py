@@ -114,7 +114,9 @@ def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
     """A private simulation SuperLink; yields the environment that ``flwr`` must use."""
     home = Path(tempfile.mkdtemp(prefix="fedprivacy-flwr-"))
     port = free_port()
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+    # the SuperLink starts flower-superexec by name: this environment's scripts come first
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
