@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedprivacy.data.encoding import iterate_batches, prompt_ids, left_padded
 from fedprivacy.data.records import Record
 from fedprivacy.data.tasks import TaskSpec
+from fedprivacy.privacy.exposure import lm_logits, token_nll
 
 Batch = dict[str, torch.Tensor]
 
@@ -20,11 +20,8 @@ def token_losses(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask
                  labels: torch.Tensor) -> torch.Tensor:
     """Per-token next-token cross-entropy [N, T-1] on the CPU; 0 where the label is -100."""
     device = next(model.parameters()).device
-    logits = model(input_ids=input_ids.to(device),
-                   attention_mask=attention_mask.to(device)).logits[:, :-1].cpu()
-    target = labels[:, 1:]
-    loss = F.cross_entropy(logits.transpose(1, 2).float(), target.clamp_min(0), reduction="none")
-    return loss * (target != -100)
+    logits = lm_logits(model, input_ids.to(device), attention_mask.to(device))
+    return token_nll(logits, labels.to(device)).cpu()
 
 
 @torch.no_grad()

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from scipy.stats import skewnorm
 from torch import nn
 
+from fedprivacy.data.encoding import left_padded
+
 IGNORE_INDEX = -100
 
 
@@ -70,18 +72,6 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits[:, :-1].transpose(1, 2).float(), targets.clamp(min=0), reduction="none"
     )
     return nll * (targets != IGNORE_INDEX)
-
-
-def left_pad(seqs: Sequence[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D token sequences, padded on the left; returns (input_ids, attention_mask)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s):] = s
-            mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def sequence_perplexity(
@@ -135,7 +125,7 @@ def _next_token_logprobs(
     """
     if min(len(p) for p in prefix_ids) == 0:
         raise ValueError("every canary needs a non-empty prefix")
-    pre_ids, pre_mask = left_pad(prefix_ids)
+    pre_ids, pre_mask = left_padded(prefix_ids, 0)
     steps = continuations.shape[1] + 1
     device = model_device(model)
     out = []
@@ -255,7 +245,7 @@ def greedy_continuation(
     device = model_device(model)
     with evaluating(model):
         for start in range(0, len(prefix_ids), batch_size):
-            ids, mask = (t.to(device) for t in left_pad(prefix_ids[start : start + batch_size]))
+            ids, mask = (t.to(device) for t in left_padded(prefix_ids[start : start + batch_size], 0))
             pos = position_ids(mask)
             step = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
             tokens = [step.logits[:, -1].argmax(-1, keepdim=True)]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedprivacy.data.encoding import left_padded
 from fedprivacy.privacy import exposure as ex
 
 pytestmark = pytest.mark.unit
@@ -157,7 +158,7 @@ def test_left_pad_and_positions():
     # Prepare
     seqs = [torch.tensor([4, 5, 6]), torch.tensor([7])]
     # Execute
-    ids, mask = ex.left_pad(seqs)
+    ids, mask = left_padded(seqs, 0)
     pos = ex.position_ids(mask)
     # Assert
     assert ids.tolist() == [[4, 5, 6], [0, 0, 7]]
