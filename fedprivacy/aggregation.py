@@ -3,7 +3,7 @@
 FewFedWeight (Dong et al., arXiv 2212.08354) aggregates clients with "adaptive model weights
 tuned according to their performance"; the formula is unknown (METHODS.md §7). This project's
 default is a softmax over the clients' validation scores (higher is better):
-w_k = exp(s_k/τ) / Σ_j exp(s_j/τ), with τ = 0.1 in the config (``client_weight_temperature``).
+w_k = exp(s_k/τ) / Σ_j exp(s_j/τ), with τ = 0.5 in the config (``client_weight_temperature``).
 
 ``StreamingAverage`` computes Σ_k w_k·θ_k / Σ_k w_k into one preallocated buffer per key,
 reading each client's ``Array.data`` (``np.save`` bytes) in place: the .npy header is parsed and

@@ -109,6 +109,7 @@ class ClientConfig:
 @dataclass
 class FewFedWeightConfig:
     pseudo_count: int = 32  # pseudo samples generated per client task per round
+    pseudo_start_round: int = 2  # round 1's global model is the random init: nothing to share
     pseudo_max_new_tokens: int = 12
     pseudo_temperature: float = 1.0
     pseudo_top_p: float = 0.95
@@ -118,7 +119,7 @@ class FewFedWeightConfig:
     sample_weight_floor: float = 0.0
     sample_top_k: int = 0  # 0 = keep all
     client_weighting: str = "softmax"  # softmax | proportional | uniform | num_examples
-    client_weight_temperature: float = 0.1
+    client_weight_temperature: float = 0.5
     pseudo_loss_weight: float = 0.5  # λ: step loss = (1-λ) L(local batch) + λ L_w(pseudo batch)
 
 

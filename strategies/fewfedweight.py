@@ -6,7 +6,8 @@ The paper is known from its abstract only; this is the project's documented reco
 1. Task metadata: before round 1 the server sends a ``query`` message to every node and gets
    its task's public description (instruction, label space / answer format, template). No
    example crosses the wire.
-2. Pseudo data: each round the current global model generates ``pseudo_count`` samples for each
+2. Pseudo data: each round (from ``pseudo_start_round`` on: the first global model is the
+   random initialisation) the current global model generates ``pseudo_count`` samples for each
    distinct task (`fedprivacy.pseudo.generate_pseudo_samples`), scores them by energy
    E(x) = −T·logsumexp(f(x)/T) and turns the energies into sample weights
    (``sample_weighting``, default softmax of −E). Samples and weights travel in that client's
@@ -96,7 +97,7 @@ class FewFedWeight(FedAvg):
             node = msg.metadata.dst_node_id
             description = self.descriptions.get(node)
             cfg = ConfigRecord(dict(config))  # FedAvg shares one record: copy per client
-            if description:
+            if description and server_round >= self.settings.pseudo_start_round:
                 key = json.dumps(description, sort_keys=True)
                 if key not in by_task:
                     by_task[key] = self.pseudo_config(description, server_round, len(by_task))
