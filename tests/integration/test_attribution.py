@@ -7,23 +7,15 @@ from captum.attr import IntegratedGradients
 
 from fedprivacy import attribution, sites
 
+from tests.tiny import tiny_llama as shared_tiny_llama
+
 pytestmark = pytest.mark.integration
 
 VOCAB = 40
 
 
 def tiny_llama() -> tf.PreTrainedModel:
-    torch.manual_seed(0)
-    config = tf.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.3,
-    )
-    return tf.LlamaForCausalLM(config).double().eval()
+    return shared_tiny_llama(VOCAB, initializer_range=0.3).double().eval()
 
 
 def tiny_gpt2() -> tf.PreTrainedModel:

@@ -7,23 +7,15 @@ import transformers as tf
 from fedprivacy import attribution, editing, sites
 from fedprivacy.privacy import depn
 
+from tests.tiny import tiny_llama
+
 pytestmark = pytest.mark.integration
 
 VOCAB, LENGTH, PREFIX = 32, 10, 4
 
 
 def llama(initializer_range: float = 0.02) -> tf.PreTrainedModel:
-    torch.manual_seed(0)
-    config = tf.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=initializer_range,
-    )
-    return tf.LlamaForCausalLM(config)
+    return tiny_llama(VOCAB, initializer_range)
 
 
 @pytest.fixture(scope="module")
