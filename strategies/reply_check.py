@@ -60,10 +60,17 @@ def check_arrays(msg: Message, spec: ArraySpec) -> str | None:
     return None
 
 
+def error_summary(reason: str, limit: int = 300) -> str:
+    """The exception message of a client error, without the traceback around it."""
+    lines = [line.strip(" '>\"") for line in reason.strip().splitlines() if line.strip(" '>\"")]
+    message = lines[-1] if lines else reason
+    return message.split("Message: ", 1)[-1][:limit]
+
+
 def check_reply(msg: Message, weight_key: str, spec: ArraySpec | None) -> str | None:
     """Why ``msg`` must be dropped (an error reply, bad metrics, bad arrays), or None."""
     if msg.has_error():
-        return f"client error {msg.error.code}: {msg.error.reason.strip()[-300:]}"
+        return f"client error {msg.error.code}: {error_summary(msg.error.reason)}"
     return check_metrics(msg, weight_key) or (check_arrays(msg, spec) if spec else None)
 
 

@@ -1,11 +1,14 @@
 """End to end: a real Flower simulation (Ray) through `fedprivacy run`'s code path."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
+import psutil
 import pytest
 from transformers import AutoModelForCausalLM
 
@@ -18,12 +21,22 @@ FAST = ["train.steps=5", "data.train_per_client=16", "data.val_per_client=8",
         "simulation.num_clients=3", "strategy.min_clients=3", "rounds=2"]
 
 
+MARK = f"fedprivacy-e2e-{uuid.uuid4().hex}"
+os.environ["FEDPRIVACY_TEST_MARK"] = MARK  # inherited by the SuperLink and all below it
+
+
 def _flower_processes():
-    """Live (not zombie) Flower or Ray processes."""
-    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
-    names = ("flower-superlink", "flwr-simulation", "flower-superexec", "raylet", "gcs_server")
-    return [line for line in out.splitlines()
-            if not line.startswith("Z") and any(n in line for n in names)]
+    """Live (not zombie) processes started by this test module's runs."""
+    left = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if (proc.info["status"] != psutil.STATUS_ZOMBIE
+                    and proc.environ().get("FEDPRIVACY_TEST_MARK") == MARK
+                    and proc.pid != os.getpid()):
+                left.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +55,8 @@ def test_run_folder_is_complete(run_dir):
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert {"eval_loss", "eval_ppl"} <= set(rounds[2]["server"])
-    assert set(rounds[1]["clients"]) == {"0", "1"}
-    assert "train.train_loss" in rounds[1]["clients"]["0"]
+    trained = {c for c, row in rounds[1]["clients"].items() if "train.train_loss" in row}
+    assert trained == {"0", "1"}  # partition 2 fails in training (it still evaluates)
     assert rounds[2]["durations"]["round_s"] > 0
 
 

@@ -101,3 +101,15 @@ def test_client_metrics_are_weighted_and_skip_ids():
     out = aggregate_client_metrics([a.content, b.content], "num-examples")
     # Assert
     assert dict(out) == {"loss": pytest.approx(2.5)}
+
+
+def test_error_summary_keeps_the_exception_message():
+    # Prepare: what Ray hands back for a ClientApp that raised
+    reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::run() "
+              "File \"/x/ray_actor.py\", line 65, in run\n    raise ClientAppException(str(ex))\n"
+              "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException "
+              "occurred. Message: injected failure on partition 2'>")
+    # Execute
+    from strategies.reply_check import error_summary
+    # Assert
+    assert error_summary(reason) == "injected failure on partition 2"
