@@ -18,7 +18,7 @@ from clients.job import ClientJob
 from fedprivacy import sites
 from fedprivacy.privacy.depn import depn, neuron_ids
 from fedprivacy.privacy.detectors import ModelScoreDetector, PatternDetector, SpanDetector
-from fedprivacy.privacy.dp import make_private
+from fedprivacy.privacy.dp import make_private, resolve_noise_multiplier
 from fedprivacy.privacy.swing import kd_loss, swing_distillation_loss, swing_temperatures
 from fedprivacy.training import endless_batches, make_optimizer, sft, train_loop
 
@@ -39,8 +39,8 @@ def dp_sgd_step(job: ClientJob) -> dict[str, float]:
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(job.seed))
     state = job.state.get(DP_STATE_KEY)
-    trainer = make_private(job.model, make_optimizer(job.model, tc), loader, dc,
-                           dict(state) if state is not None else None,
+    history = dict(state) if state is not None else _replayed_history(job, len(loader))
+    trainer = make_private(job.model, make_optimizer(job.model, tc), loader, dc, history,
                            total_steps=tc.steps * job.cfg.rounds,
                            noise_generator=torch.Generator().manual_seed(job.seed + 1))
     device = next(job.model.parameters()).device
@@ -55,6 +55,19 @@ def dp_sgd_step(job: ClientJob) -> dict[str, float]:
     job.state[DP_STATE_KEY] = MetricRecord(trainer.export_state())
     return {"loss": _tail_mean(losses), "epsilon": trainer.epsilon(), "delta": dc.delta,
             "noise_multiplier": trainer.noise_multiplier}
+
+
+def _replayed_history(job: ClientJob, batches: int) -> dict[str, list[float | int]] | None:
+    """The accountant history of rounds 1..r-1 when the node's state is gone (a resumed run
+    starts fresh simulation nodes): every round ran the same steps at the same noise and
+    sample rate, so the history is one entry. It assumes the client trained in every earlier
+    round, an upper bound on ε when clients are sampled."""
+    if job.server_round <= 1:
+        return None
+    dc, tc = job.cfg.client.dp, job.cfg.train
+    sigma = resolve_noise_multiplier(dc, 1 / batches, tc.steps * job.cfg.rounds)
+    return {"noise_multiplier": [sigma], "sample_rate": [1 / batches],
+            "steps": [tc.steps * (job.server_round - 1)]}
 
 
 # --- distillation: swing and plain KD -----------------------------------------------------

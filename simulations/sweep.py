@@ -33,7 +33,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from fedprivacy.config import ConfigError, load_config
-from fedprivacy.report import flatten_dict
+from fedprivacy.report import RunFolder, flatten_dict
 
 
 @dataclass
@@ -82,8 +82,9 @@ def load_sweep(path: str | Path) -> Sweep:
                     in itertools.product(variants or [("", [])], grid)]
     variants = variants or [("base", [])]
     seeds = [int(s) for s in spec.get("seeds", [0])]
+    # seed-major: one full pass over the variants comes first, so a cut-short sweep compares
     runs = [SweepRun(name, seed, common + overrides + [f"seed={seed}"])
-            for name, overrides in variants for seed in seeds]
+            for seed in seeds for name, overrides in variants]
     for run in runs:
         try:
             load_config(base, run.overrides)
@@ -97,17 +98,23 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Run every run of ``sweep`` in turn; write the comparison; return the sweep folder."""
+    """Run every run of ``sweep`` in turn; write the comparison; return the sweep folder.
+
+    Runs are named ``<variant>-seed<seed>``; on the same ``out_dir`` a finished run is reused
+    and a cut-short one resumes, so a killed sweep goes on where it stopped."""
     from simulations.runner import run_experiment
 
     root = Path(out_dir or Path("runs") / f"sweep-{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}")
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for i, run in enumerate(sweep.runs):
-        folder = root / f"{i:03d}-{_slug(run.variant)}-seed{run.seed}"
-        cfg = load_config(sweep.base, run.overrides + [f"out_dir={folder}",
-                                                       f"name={sweep.name}-{i:03d}"])
-        summary = run_experiment(cfg, progress=progress).summary()
+    for run in sweep.runs:
+        folder = root / f"{_slug(run.variant)}-seed{run.seed}"
+        if (folder / "summary.json").is_file():  # finished earlier: a rerun sweep goes on
+            summary = RunFolder(folder).summary()
+        else:  # new, or cut short (then it resumes from its checkpoint)
+            cfg = load_config(sweep.base, run.overrides + [
+                f"out_dir={folder}", f"name={sweep.name}-{_slug(run.variant)}-seed{run.seed}"])
+            summary = run_experiment(cfg, progress=progress).summary()
         rows.append({"variant": run.variant, "seed": run.seed,
                      "overrides": " ".join(run.overrides), "run_dir": str(folder),
                      **flatten_dict(summary)})

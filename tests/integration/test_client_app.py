@@ -80,6 +80,19 @@ def test_dp_epsilon_composes_over_rounds_in_the_context():
     assert "dp-accountant" in context.state
 
 
+def test_dp_epsilon_after_a_resume_covers_the_earlier_rounds():
+    # Prepare: round 2 on a node whose state was lost (a resumed run), and the same round
+    # on a node that kept its state from round 1
+    _, kept, arrays = _setup(PII + ["client.steps=[dp_sgd]"])
+    client_app.train(_message(arrays, server_round=1), kept)
+    expected = client_app.train(_message(arrays, server_round=2), kept).content["metrics"]
+    _, fresh, _ = _setup(PII + ["client.steps=[dp_sgd]"])
+    # Execute
+    resumed = client_app.train(_message(arrays, server_round=2), fresh).content["metrics"]
+    # Assert
+    assert resumed["dp_sgd.epsilon"] == pytest.approx(expected["dp_sgd.epsilon"])
+
+
 def test_evaluate_reports_the_privacy_ledger():
     # Prepare
     _, context, arrays = _setup(PII)

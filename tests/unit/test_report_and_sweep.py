@@ -59,7 +59,9 @@ def test_sweep_expands_runs_grid_and_seeds(tmp_path):
     sweep = load_sweep(path)
     # Assert
     assert len(sweep.runs) == 2 * 2 * 2
-    assert sweep.runs[0].variant == "a|train.steps=1"
+    assert [r.variant for r in sweep.runs[:4]] == ["a|train.steps=1", "a|train.steps=2",
+                                                   "b|train.steps=1", "b|train.steps=2"]
+    assert [r.seed for r in sweep.runs] == [0] * 4 + [1] * 4  # one pass over variants first
     assert sweep.runs[-1].overrides == ["train.lr=0.01", "train.steps=2", "seed=1"]
 
 
