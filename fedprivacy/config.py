@@ -120,7 +120,7 @@ class FewFedWeightConfig:
     sample_top_k: int = 0  # 0 = keep all
     client_weighting: str = "softmax"  # softmax | proportional | uniform | num_examples
     client_weight_temperature: float = 0.5
-    pseudo_loss_weight: float = 0.5  # λ: step loss = (1-λ) L(local batch) + λ L_w(pseudo batch)
+    pseudo_loss_weight: float = 0.5  # λ: step loss = L(local batch) + λ L_w(pseudo batch)
 
 
 @dataclass

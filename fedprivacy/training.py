@@ -76,7 +76,8 @@ def sft(model: PreTrainedModel, encoded: Batch, tc: TrainConfig, seed: int,
     """Supervised fine-tuning on the client's encoded records (AdamW).
 
     With ``extra`` (weighted records, e.g. FewFedWeight's pseudo data, carrying a ``weight``
-    per row) every step minimises (1 − λ)·L(local batch) + λ·L_w(extra batch), λ = ``extra_weight``.
+    per row) every step minimises L(local batch) + λ·L_w(extra batch), λ = ``extra_weight``:
+    the extra data add to the client's own data, they do not displace it.
     """
     batches = endless_batches(encoded, tc.batch_size, seed)
     if extra is None:
@@ -85,8 +86,7 @@ def sft(model: PreTrainedModel, encoded: Batch, tc: TrainConfig, seed: int,
              for a, b in zip(batches, endless_batches(extra, tc.batch_size, seed + 1)))
 
     def mixed_loss(m: PreTrainedModel, b: dict[str, Batch]) -> torch.Tensor:
-        return ((1 - extra_weight) * causal_lm_loss(m, b["local"])
-                + extra_weight * weighted_loss(m, b["extra"]))
+        return causal_lm_loss(m, b["local"]) + extra_weight * weighted_loss(m, b["extra"])
 
     return train_loop(model, pairs, tc.steps, make_optimizer(model, tc), tc.max_grad_norm,
                       mixed_loss)

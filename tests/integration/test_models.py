@@ -73,3 +73,21 @@ def test_real_smollm2_loads_converts_once_and_answers():
     # Assert
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_sft_with_weighted_extra_data_adds_the_weighted_loss(tokenizer):
+    # Prepare: local records plus FewFedWeight-style weighted extra records
+    from fedprivacy.training import causal_lm_loss, endless_batches, weighted_loss
+
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2), tokenizer, seed=0)
+    local = encode_records(tokenizer, task_splits("sentiment", 8, 1, 1, seed=0)["train"], 64)
+    extra = encode_records(tokenizer, task_splits("parity", 8, 1, 1, seed=0)["train"], 64)
+    extra["weight"] = torch.linspace(0.0, 2.0, 8)
+    with torch.no_grad():
+        expected = (causal_lm_loss(model, next(endless_batches(local, 4, 0)))
+                    + 0.5 * weighted_loss(model, next(endless_batches(extra, 4, 1)))).item()
+    # Execute: the first step's loss is computed before any update
+    losses = sft(model, local, TrainConfig(steps=1, batch_size=4), seed=0, extra=extra,
+                 extra_weight=0.5)
+    # Assert
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
