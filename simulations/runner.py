@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -30,6 +31,7 @@ from fedprivacy.config import ExperimentConfig, flatten
 from fedprivacy.report import RunFolder
 
 APP_NAME = "fedprivacy-run"
+RUN_TOKEN = "FEDPRIVACY_RUN_TOKEN"
 CONNECTION = "fedprivacy-sim"
 
 
@@ -83,30 +85,47 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop ``proc`` and every process below it: SIGTERM, then SIGKILL after ``grace`` s.
-
-    The SuperLink starts SuperExec and the simulation (and it Ray) in sessions of their own,
-    so the process group is not enough: the tree is collected first, then signalled.
-    """
-    try:
-        root = psutil.Process(proc.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in tree:
+def _stop(processes: list[psutil.Process], grace: float) -> None:
+    """SIGTERM every process, then SIGKILL those still alive after ``grace`` seconds."""
+    for p in processes:
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(tree, timeout=grace)
+    _, alive = psutil.wait_procs(processes, timeout=grace)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+
+
+def _kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop ``proc`` and every process below it.
+
+    The SuperLink starts SuperExec and the simulation (and it Ray) in sessions of their own,
+    so the process group is not enough: the tree is collected first, then signalled.
+    """
+    try:
+        root = psutil.Process(proc.pid)
+        _stop([root, *root.children(recursive=True)], grace)
+    except psutil.NoSuchProcess:
+        pass
     proc.wait(timeout=5)
+
+
+def _kill_tagged(token: str, grace: float = 10.0) -> None:
+    """Stop processes that carry this run's token but left the tree (Ray daemons whose
+    parent exited are re-parented to init)."""
+    tagged = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(RUN_TOKEN) == token:
+                tagged.append(p)
+        except psutil.Error:
+            continue
+    _stop(tagged, grace)
 
 
 @contextmanager
@@ -116,8 +135,10 @@ def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
     port = free_port()
     # the SuperLink starts flower-superexec by name: this environment's scripts come first
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    token = uuid.uuid4().hex  # marks every process of this run, even ones Ray re-parents
     env = {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
+           RUN_TOKEN: token}
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
@@ -132,6 +153,7 @@ def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         _kill_tree(proc)
+        _kill_tagged(token)
         shutil.rmtree(home, ignore_errors=True)
 
 
