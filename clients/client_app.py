@@ -29,7 +29,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = run_pipeline(job)
     if job.local_only:
         job.keep_local_model()
-    if job.res.data.task is not None or job.cfg.strategy.name == "fewfedweight":
+    if job.cfg.evaluation.client_model_scores or job.cfg.strategy.name == "fewfedweight":
         metrics.update(client_model_scores(job))
     metrics.update({"num-examples": len(job.res.data.train), "partition-id": job.partition_id,
                     "seconds": time.perf_counter() - started})

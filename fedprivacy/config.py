@@ -147,6 +147,9 @@ class EvaluationConfig:
     privacy: bool = False  # clients report canary exposure / extraction of the global model
     exposure: str = "digitwise"  # exact | extrapolated | digitwise
     exposure_samples: int = 2000  # candidates sampled by the extrapolated estimator
+    # clients also score their own model after local training (validation and test split);
+    # FewFedWeight always gets the validation score it weighs clients by
+    client_model_scores: bool = False
 
 
 @dataclass

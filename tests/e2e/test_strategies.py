@@ -11,7 +11,8 @@ pytestmark = pytest.mark.e2e
 
 SMALL = ["train.steps=4", "data.train_per_client=16", "data.val_per_client=8", "rounds=2",
          "simulation.num_clients=3", "strategy.min_clients=3", "data.tasks=[sentiment,parity,topic]",
-         "strategy.fewfedweight.pseudo_count=8", "strategy.fewfedweight.pseudo_max_new_tokens=6"]
+         "strategy.fewfedweight.pseudo_count=8", "strategy.fewfedweight.pseudo_max_new_tokens=6",
+         "evaluation.client_model_scores=true"]
 
 
 def _rounds(folder):
