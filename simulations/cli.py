@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -96,16 +95,8 @@ def _split_config(args: argparse.Namespace) -> None:
         args.config = None
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM behaves like Ctrl-C, so a killed run still stops its SuperLink and Ray."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _interrupt_on_sigterm()
     _split_config(args)
     try:
         return args.fn(args)

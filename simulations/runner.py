@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -128,6 +130,23 @@ def _kill_tagged(token: str, grace: float = 10.0) -> None:
     _stop(tagged, grace)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a simulation runs, SIGTERM unwinds like Ctrl-C, so the SuperLink is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
     """A private simulation SuperLink; yields the environment that ``flwr`` must use."""
@@ -149,8 +168,9 @@ def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
              "--disable-runtime-dependency-installation"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_healthy(port, proc, log_path)
-        yield env
+        with _sigterm_as_interrupt():
+            _wait_healthy(port, proc, log_path)
+            yield env
     finally:
         _kill_tree(proc)
         _kill_tagged(token)
