@@ -5,14 +5,13 @@ Only weights, metrics and the task's public description leave the client.
 
 from __future__ import annotations
 
-import json
 import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.evaluate import client_model_scores, evaluate_job
-from clients.job import ClientJob, client_resources, partition_of
+from clients.job import ClientJob, resources_of
 from clients.pipeline import run_pipeline
 from fedprivacy.models import cpu_state_dict
 
@@ -49,8 +48,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """The public description of this client's task (no example leaves the client)."""
-    pid, num = partition_of(context)
-    res = client_resources(json.dumps(dict(context.run_config), sort_keys=True), pid, num)
+    res, pid = resources_of(context)
     task = res.data.task
     description = task.describe() if task is not None else {}
     return Message(RecordDict({"task": ConfigRecord({"partition-id": pid, **description})}),

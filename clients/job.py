@@ -63,6 +63,12 @@ def partition_of(context: Context) -> tuple[int, int]:
                        "--node-config 'partition-id=<i> num-partitions=<n>'") from err
 
 
+def resources_of(context: Context) -> tuple[ClientResources, int]:
+    """This node's cached resources and its partition id."""
+    pid, num = partition_of(context)
+    return client_resources(json.dumps(dict(context.run_config), sort_keys=True), pid, num), pid
+
+
 @dataclass
 class ClientJob:
     """One train/evaluate message as the local pipeline sees it."""
@@ -94,8 +100,7 @@ class ClientJob:
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> ClientJob:
-        pid, num = partition_of(context)
-        res = client_resources(json.dumps(dict(context.run_config), sort_keys=True), pid, num)
+        res, pid = resources_of(context)
         model = copy.deepcopy(res.skeleton)
         arrays = msg.content["arrays"]
         if res.cfg.strategy.name == "local" and LOCAL_MODEL_KEY in context.state:

@@ -12,16 +12,12 @@ from collections.abc import Callable
 import torch
 
 from clients.job import ClientJob
-from clients.privacy_steps import depn_step, dp_sgd_step, kd_step, swing_step
+from clients.privacy_steps import depn_step, dp_sgd_step, kd_step, swing_step, tail_mean
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.pseudo import pseudo_from_config
 from fedprivacy.training import sft
 
 Step = Callable[[ClientJob], dict[str, float | list[int]]]
-
-
-def _tail_mean(losses: list[float]) -> float:
-    return sum(losses[-5:]) / len(losses[-5:])
 
 
 def pseudo_set(job: ClientJob) -> dict[str, torch.Tensor] | None:
@@ -42,7 +38,7 @@ def sft_step(job: ClientJob) -> dict[str, float]:
     pseudo = pseudo_set(job)
     losses = sft(job.model, job.res.train_set, job.cfg.train, job.seed, pseudo,
                  job.cfg.strategy.fewfedweight.pseudo_loss_weight)
-    return {"loss": _tail_mean(losses), "pseudo_samples": float(len(pseudo["weight"]) if pseudo else 0)}
+    return {"loss": tail_mean(losses), "pseudo_samples": float(len(pseudo["weight"]) if pseudo else 0)}
 
 
 STEPS: dict[str, Step] = {

@@ -25,7 +25,8 @@ from fedprivacy.training import endless_batches, make_optimizer, sft, train_loop
 DP_STATE_KEY = "dp-accountant"
 
 
-def _tail_mean(losses: list[float]) -> float:
+def tail_mean(losses: list[float]) -> float:
+    """The loss a step reports: the mean of its last five training steps."""
     return sum(losses[-5:]) / len(losses[-5:])
 
 
@@ -53,7 +54,7 @@ def dp_sgd_step(job: ClientJob) -> dict[str, float]:
     trainer.close()
     job.model.eval()
     job.state[DP_STATE_KEY] = MetricRecord(trainer.export_state())
-    return {"loss": _tail_mean(losses), "epsilon": trainer.epsilon(), "delta": dc.delta,
+    return {"loss": tail_mean(losses), "epsilon": trainer.epsilon(), "delta": dc.delta,
             "noise_multiplier": trainer.noise_multiplier}
 
 
@@ -115,7 +116,7 @@ def _distill(job: ClientJob, swing: bool) -> dict[str, float]:
 
     losses = train_loop(job.model, endless_batches(job.res.train_set, tc.batch_size, job.seed),
                         sc.student_steps, make_optimizer(job.model, tc), tc.max_grad_norm, loss_fn)
-    return {"loss": _tail_mean(losses)}
+    return {"loss": tail_mean(losses)}
 
 
 def swing_step(job: ClientJob) -> dict[str, float]:

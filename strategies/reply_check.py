@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from fedprivacy.aggregation import array_view
+
 ArraySpec = dict[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype)
 
 
@@ -55,7 +57,7 @@ def check_arrays(msg: Message, spec: ArraySpec) -> str | None:
         if tuple(arr.shape) != shape or arr.dtype != dtype:
             return (f"array {key!r} is {arr.dtype}{list(arr.shape)}, "
                     f"expected {dtype}{list(shape)}")
-        if not np.isfinite(arr.numpy()).all():
+        if not np.isfinite(array_view(arr, key)).all():
             return f"array {key!r} has non-finite values"
     return None
 
