@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedprivacy.config import load_config  # noqa: E402
-from simulations.runner import run_experiment, submit, write_app  # noqa: E402
+from fedprivacy.simulations.runner import run_experiment, submit, write_app  # noqa: E402
 from record import append_result  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from clients.job import ClientJob
+from fedprivacy.clients.job import ClientJob
 from fedprivacy.config import unflatten
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import build_eval_data

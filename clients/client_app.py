@@ -1,6 +1,8 @@
-"""The ClientApp: local training with the configured privacy steps, evaluation, task metadata.
+"""The ClientApp: local training with the configured pipeline, evaluation, task metadata.
 
-Only weights, metrics and the task's public description leave the client.
+Only weights, metrics and the task's public description leave the client. Heavy modules
+(Opacus, the attribution engine) are imported by the method steps that need them, so an SFT
+client does not pay for them (a deployment starts a process per message).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import time
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.evaluate import client_model_scores, evaluate_job
-from clients.job import ClientJob, resources_of
-from clients.pipeline import run_pipeline
+from fedprivacy import wire
+from fedprivacy.clients.evaluate import client_model_scores, evaluate_job
+from fedprivacy.clients.job import ClientJob, resources_of
+from fedprivacy.clients.pipeline import run_pipeline
 from fedprivacy.models import cpu_state_dict
 
 app = ClientApp()
@@ -26,23 +29,24 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"injected failure on partition {job.partition_id} "
                            "(client.fail_partitions)")
     metrics = run_pipeline(job)
-    if job.local_only:
-        job.keep_local_model()
-    if job.cfg.evaluation.client_model_scores or job.cfg.strategy.name == "fewfedweight":
+    if job.keeps_own_model:
+        job.keep_own_model()
+    if job.cfg.evaluation.client_model_scores or job.config.get(wire.CLIENT_SCORES, False):
         metrics.update(client_model_scores(job))
-    metrics.update({"num-examples": len(job.res.data.train), "partition-id": job.partition_id,
-                    "seconds": time.perf_counter() - started})
-    return Message(RecordDict({"arrays": ArrayRecord(cpu_state_dict(job.model)),
-                               "metrics": MetricRecord(metrics)}), reply_to=msg)
+    metrics.update({wire.NUM_EXAMPLES: len(job.res.data.train),
+                    wire.PARTITION_ID: job.partition_id,
+                    wire.SECONDS: time.perf_counter() - started})
+    return Message(RecordDict({wire.ARRAYS: ArrayRecord(cpu_state_dict(job.model)),
+                               wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     job = ClientJob.from_message(msg, context)
     metrics = evaluate_job(job)
-    metrics.update({"num-examples": len(job.res.data.validation),
-                    "partition-id": job.partition_id})
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    metrics.update({wire.NUM_EXAMPLES: len(job.res.data.validation),
+                    wire.PARTITION_ID: job.partition_id})
+    return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 @app.query()
@@ -51,5 +55,5 @@ def query(msg: Message, context: Context) -> Message:
     res, pid = resources_of(context)
     task = res.data.task
     description = task.describe() if task is not None else {}
-    return Message(RecordDict({"task": ConfigRecord({"partition-id": pid, **description})}),
+    return Message(RecordDict({wire.TASK: ConfigRecord({wire.PARTITION_ID: pid, **description})}),
                    reply_to=msg)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clients.job import ClientJob
-from fedprivacy.aggregation import SCORE_KEY
+from fedprivacy.clients.job import ClientJob
+from fedprivacy import wire
 from fedprivacy.evaluation import evaluate_loss, perplexity, task_accuracy
 from fedprivacy.privacy.ledger import canary_leakage
 
@@ -19,7 +19,8 @@ def evaluate_job(job: ClientJob) -> dict[str, float]:
                                             job.res.data.validation, cfg.train.eval_batch_size)
     if cfg.evaluation.privacy and job.res.data.canaries:
         leak = canary_leakage(job.model, job.res.tokenizer, job.res.data.canaries,
-                              cfg.evaluation.exposure, cfg.evaluation.exposure_samples, cfg.seed)
+                              cfg.evaluation.exposure, cfg.evaluation.exposure_samples, cfg.seed,
+                              cfg.evaluation.exposure_max_candidates)
         metrics.update({f"privacy.{k}": v for k, v in leak.items()})
     return metrics
 
@@ -34,7 +35,7 @@ def client_model_scores(job: ClientJob) -> dict[str, float]:
     data, cfg = job.res.data, job.cfg
     if data.task is None:
         loss, _ = evaluate_loss(job.model, job.res.val_set, cfg.train.eval_batch_size)
-        return {SCORE_KEY: -loss}
+        return {wire.SCORE: -loss}
     score = lambda records: task_accuracy(job.model, job.res.tokenizer, data.task, records,  # noqa: E731
                                           cfg.train.eval_batch_size)
-    return {SCORE_KEY: score(data.validation), "test_score": score(data.test)}
+    return {wire.SCORE: score(data.validation), wire.TEST_SCORE: score(data.test)}

@@ -1,27 +1,34 @@
 """What a client works with for one message: config, its private data, the model, its state.
 
 Private data is generated or loaded inside the client process from the client's partition id
-and never leaves it: only weights and metrics go into the reply.
+and never leaves it: only weights and metrics go into the reply. Method steps
+(`fedprivacy.methods`) see a `ClientJob`; what the server asks for arrives as record keys in
+the message's config, never as the server's strategy name.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedprivacy import wire
 from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import ClientData, build_client_data
+from fedprivacy.data.records import derive_seed
+from fedprivacy.methods import local
+from fedprivacy.methods.registry import Method
 from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer, resolve_device
 
 Encoded = dict[str, torch.Tensor]
-LOCAL_MODEL_KEY = "local-model"
 
 
 @dataclass(frozen=True)
@@ -86,26 +93,47 @@ class ClientJob:
 
     @property
     def seed(self) -> int:
-        """A seed unique to (run seed, round, partition)."""
-        return (self.cfg.seed * 1_000_003 + self.server_round * 10_007 + self.partition_id) % 2**31
+        """A seed unique to (run seed, round, partition): data order, dropout, teachers.
+        Known to the server: never use it for privacy noise (`secret_generator`)."""
+        return derive_seed(self.cfg.seed, "client", self.server_round, self.partition_id) % 2**31
+
+    def settings(self, method: Method) -> Any:
+        """The settings section of ``method`` in this run's config."""
+        return method.settings_of(self.cfg)
+
+    @staticmethod
+    def secret_generator() -> torch.Generator:
+        """A generator seeded from the OS's entropy (``os.urandom``): privacy noise and the
+        sampling the DP accountant relies on must be unpredictable to the server, which knows
+        the run seed and every seed derived from it."""
+        return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
+
+    def state_get(self, key: str) -> dict[str, Any] | None:
+        """A value a method kept in the node's persistent state (``Context.state``)."""
+        record = self.state.get(key)
+        return dict(record) if record is not None else None
+
+    def state_put(self, key: str, values: dict[str, Any]) -> None:
+        """Keep number lists in the node's persistent state for the next round."""
+        self.state[key] = MetricRecord(values)
 
     @property
-    def local_only(self) -> bool:
-        """The local-only baseline: the client keeps training its own model across rounds."""
-        return self.cfg.strategy.name == "local"
+    def keeps_own_model(self) -> bool:
+        """The server asked the client to train and keep its own model (local-only)."""
+        return bool(self.config.get(local.KEEP_MODEL_KEY, False))
 
-    def keep_local_model(self) -> None:
-        """Store the trained model in the node's persistent state (local-only baseline)."""
-        self.state[LOCAL_MODEL_KEY] = ArrayRecord(cpu_state_dict(self.model))
+    def keep_own_model(self) -> None:
+        """Store the trained model in the node's persistent state."""
+        self.state[local.STATE_KEY] = ArrayRecord(cpu_state_dict(self.model))
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> ClientJob:
         res, pid = resources_of(context)
         model = copy.deepcopy(res.skeleton)
-        arrays = msg.content["arrays"]
-        if res.cfg.strategy.name == "local" and LOCAL_MODEL_KEY in context.state:
-            arrays = context.state[LOCAL_MODEL_KEY]
+        config = msg.content[wire.CONFIG] if wire.CONFIG in msg.content else ConfigRecord()
+        arrays = msg.content[wire.ARRAYS]
+        if config.get(local.KEEP_MODEL_KEY, False) and local.STATE_KEY in context.state:
+            arrays = context.state[local.STATE_KEY]
         model.load_state_dict(arrays.to_torch_state_dict())
         model.to(resolve_device(res.cfg.train.device))
-        config = msg.content["config"] if "config" in msg.content else ConfigRecord()
-        return cls(res, pid, int(config.get("server-round", 0)), model, config, context.state)
+        return cls(res, pid, int(config.get(wire.SERVER_ROUND, 0)), model, config, context.state)

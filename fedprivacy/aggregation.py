@@ -32,7 +32,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 K = TypeVar("K", bound=Hashable)
-SCORE_KEY = "val_score"  # the train-reply metric that performance-based weightings read
 
 
 # ---------------------------------------------------------------- performance → client weights

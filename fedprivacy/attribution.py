@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fedprivacy import sites
+from fedprivacy.lm import evaluating
 
 Grid = Literal["left", "right"]
 Variant = Literal["standard", "endpoint"]
@@ -44,22 +45,6 @@ def step_alphas(steps: int, grid: Grid = "left") -> torch.Tensor:
 
 
 @contextmanager
-def _attribution_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode with frozen parameters (gradients flow only to patched activations)."""
-    was_training = model.training
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
-
-
-@contextmanager
 def patch_ffn(
     model: nn.Module, layer: int, position: int, value: torch.Tensor
 ) -> Iterator[None]:
@@ -71,25 +56,21 @@ def patch_ffn(
         hidden[:, position] = value.to(hidden.dtype)
         return hidden
 
-    handle = sites.ffn(model, layer).register_hook(patch)
-    try:
+    with sites.hooked(model, {f"ffn.{layer}": patch}):
         yield
-    finally:
-        handle.remove()
 
 
 def _as_batch(input_ids: torch.Tensor) -> torch.Tensor:
     return input_ids.unsqueeze(0) if input_ids.dim() == 1 else input_ids
 
 
-def _layer_list(model: nn.Module, layers: int | Sequence[int] | None) -> list[int]:
+def _layer_list(resolved: sites.Sites, layers: int | Sequence[int] | None) -> list[int]:
     if layers is None:
-        return list(range(sites.num_layers(model)))
+        return list(range(resolved.num_layers))
     items = [layers] if isinstance(layers, int) else list(layers)
-    return [sites.ffn(model, layer).layer for layer in items]
+    return [resolved.layer(layer) for layer in items]
 
 
-@torch.no_grad()
 def ffn_activations(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -104,7 +85,8 @@ def ffn_activations(
     from the end (with left padding, -1 is every row's last token).
     """
     batch = _as_batch(input_ids)
-    layer_ids = _layer_list(model, layers)
+    resolved = sites.Sites(model)
+    layer_ids = _layer_list(resolved, layers)
     pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions))
     seen: dict[int, torch.Tensor] = {}
 
@@ -114,13 +96,9 @@ def ffn_activations(
 
         return record
 
-    handles = [sites.ffn(model, layer).register_hook(recorder(layer)) for layer in layer_ids]
-    try:
-        with _attribution_mode(model):
-            model(input_ids=batch, attention_mask=attention_mask)
-    finally:
-        for handle in handles:
-            handle.remove()
+    recorders = [(f"ffn.{layer}", recorder(layer)) for layer in layer_ids]
+    with sites.hooked(resolved, recorders), evaluating(model):
+        model(input_ids=batch, attention_mask=attention_mask)
     acts = torch.stack([seen[layer] for layer in layer_ids], dim=1)
     if isinstance(positions, int):
         acts = acts[:, :, 0]
@@ -195,7 +173,7 @@ class _Interpolation:
 
 
 def _ig_at_position(
-    model: nn.Module,
+    resolved: sites.Sites,
     runner: _Runner,
     token_ids: list[int],
     layers: list[int],
@@ -206,7 +184,7 @@ def _ig_at_position(
 ) -> torch.Tensor:
     """IG [len(layers), d_ff] of Σ_y P(y) at the runner's position (module docstring)."""
     steps = alphas.numel()
-    reference = sites.ffn(model, layers[0]).weight
+    reference = resolved.ffn(layers[0]).weight
     dtype = torch.promote_types(reference.dtype, torch.float32)
     alpha = alphas.to(reference.device, dtype)[:, None]
     weight = alpha if variant == "endpoint" else torch.ones_like(alpha)
@@ -221,16 +199,12 @@ def _ig_at_position(
             _Interpolation(slice(i * steps, (i + 1) * steps), position, start[j], alpha)
             for i, j in enumerate(chunk)
         ]
-        handles = [sites.ffn(model, layers[j]).register_hook(h) for j, h in zip(chunk, hooks)]
-        try:
-            with torch.enable_grad():
-                logits = runner.logits(len(hooks) * steps)
-                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-                target = torch.softmax(logits, dim=-1)[:, token_ids].sum()
-                grads = torch.autograd.grad(target, [h.points for h in hooks])
-        finally:
-            for handle in handles:
-                handle.remove()
+        named = [(f"ffn.{layers[j]}", h) for j, h in zip(chunk, hooks)]
+        with sites.hooked(resolved, named), torch.enable_grad():
+            logits = runner.logits(len(hooks) * steps)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            target = torch.softmax(logits, dim=-1)[:, token_ids].sum()
+            grads = torch.autograd.grad(target, [h.points for h in hooks])
         out += [
             (h.end - start[j]) / steps * (weight * g).sum(0) for j, h, g in zip(chunk, hooks, grads)
         ]
@@ -278,15 +252,16 @@ def integrated_gradients(
     batch = _as_batch(input_ids)
     if batch.shape[0] != 1:
         raise ValueError(f"integrated_gradients takes one sequence, got shape {tuple(batch.shape)}")
-    causal = sites.is_causal(model)
+    resolved = sites.Sites(model)
+    causal = resolved.causal
     fast = causal if fast is None else fast
     if fast and not causal:
         raise ValueError(f"the fast path needs a causal LM; {type(model).__name__} is not")
     if not targets:
         raise ValueError("targets is empty")
-    layer_ids = _layer_list(model, layers)
+    layer_ids = _layer_list(resolved, layers)
     alphas = step_alphas(steps, grid)
-    d_ff = sites.ffn(model, layer_ids[0]).d_ff
+    d_ff = resolved.ffn(layer_ids[0]).d_ff
     start = torch.zeros(d_ff) if baseline is None else baseline.detach()
     length = batch.shape[1]
     grouped: dict[int, list[int]] = {}
@@ -296,11 +271,11 @@ def integrated_gradients(
         grouped.setdefault(position % length, []).extend([ids] if isinstance(ids, int) else ids)
     runner = _Runner(model, batch, fast)
     total = None
-    with _attribution_mode(model):
+    with evaluating(model, gradients=True):
         for position in sorted(grouped):
             runner.advance(position)
             att = _ig_at_position(
-                model, runner, grouped[position], layer_ids, start, alphas, variant, batch_size
+                resolved, runner, grouped[position], layer_ids, start, alphas, variant, batch_size
             )
             total = att if total is None else total + att
     return total[0] if isinstance(layers, int) else total

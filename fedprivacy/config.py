@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,87 +53,39 @@ class TrainConfig:
 
 
 @dataclass
-class DPConfig:
-    """DP-SGD settings (``client.dp``).
-
-    target_epsilon = 0 trains with ``noise_multiplier``; a positive target replaces it with the
-    smallest noise that keeps epsilon <= target after the planned total steps of the run.
-    """
-
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    delta: float = 1e-5
-    target_epsilon: float = 0.0
-    poisson_sampling: bool = False
-
-
-@dataclass
-class SwingConfig:
-    """Swing distillation settings (``client.swing``); every default is this project's choice.
-
-    detector: name in ``detectors.DETECTORS``; temperature_map: ``linear`` | ``exponential``;
-    noise: ``gaussian`` | ``laplace`` | ``none``; alpha: weight of the distillation term;
-    teacher_steps / student_steps: training steps of the teacher on the private data and of the
-    student's distillation.
-    """
-
-    detector: str = "span"
-    temperature_map: str = "linear"
-    t0: float = 1.0
-    t_max: float = 20.0
-    noise: str = "gaussian"
-    epsilon: float = 8.0
-    delta: float = 1e-5
-    alpha: float = 0.5
-    teacher_steps: int = 100
-    student_steps: int = 100
-
-
-@dataclass
-class DEPNConfig:
-    top_z: int = 20  # neurons zeroed (METHODS.md §4: the most voted z)
-    steps: int = 20  # integrated-gradients steps m
-    threshold_ratio: float = 0.1  # per-record candidates: score >= ratio x max
-    max_records: int = 16  # private records used for detection per round
-
-
-@dataclass
 class ClientConfig:
-    # Local pipeline: one training step (sft | dp_sgd | swing | kd), then post-training
-    # steps (depn). kd = plain distillation from a local teacher, swing's baseline.
-    steps: list[str] = field(default_factory=lambda: ["sft"])
-    dp: DPConfig = field(default_factory=DPConfig)
-    swing: SwingConfig = field(default_factory=SwingConfig)
-    depn: DEPNConfig = field(default_factory=DEPNConfig)
+    """The local pipeline (``client.pipeline``): one training step (a ``train`` method), then
+    post-training steps (``post`` methods). Each registered client method adds its own settings
+    section here (``client.<section>``; `fedprivacy.methods`)."""
+
+    pipeline: list[str] = field(default_factory=lambda: ["sft"])
     fail_partitions: list[int] = field(default_factory=list)  # fault injection for tests
 
 
 @dataclass
-class FewFedWeightConfig:
-    pseudo_count: int = 32  # pseudo samples generated per client task per round
-    pseudo_start_round: int = 2  # round 1's global model is the random init: nothing to share
-    pseudo_max_new_tokens: int = 12
-    pseudo_temperature: float = 1.0
-    pseudo_top_p: float = 0.95
-    energy_temperature: float = 1.0  # T in E(x) = -T logsumexp(f(x)/T)
-    sample_weighting: str = "softmax"  # softmax | uniform (fedprivacy.pseudo.SAMPLE_WEIGHTINGS)
-    sample_weight_temperature: float = 1.0
-    sample_weight_floor: float = 0.0
-    sample_top_k: int = 0  # 0 = keep all
-    client_weighting: str = "softmax"  # softmax | proportional | uniform | num_examples
-    client_weight_temperature: float = 0.5
-    pseudo_loss_weight: float = 0.5  # λ: step loss = L(local batch) + λ L_w(pseudo batch)
-
-
-@dataclass
 class StrategyConfig:
-    # fedavg | fewfedweight | local (baseline: each client keeps training its own model)
+    """``name``: a registered strategy (fedavg | fewfedweight | local | ...); each registered
+    strategy adds its settings section here (``strategy.<section>``)."""
+
     name: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_clients: int = 2  # nodes that must be connected before a round starts
     round_timeout: float = 600.0  # seconds; stragglers past it are dropped
-    fewfedweight: FewFedWeightConfig = field(default_factory=FewFedWeightConfig)
+
+
+@dataclass
+class ServerConfig:
+    """The server's own data for its central evaluation. It never builds or reads client data.
+
+    eval_source: ``auto`` (``tasks`` when ``data.source=tasks``, else ``public``), ``tasks``
+    (examples of the configured tasks generated with the server's own seed), ``public``
+    (generated PII-free sentences), ``file`` (``eval_path``, a file only the server reads).
+    """
+
+    eval_source: str = "auto"
+    eval_path: str = ""
+    eval_records: int = 128  # records of the generated sets (tasks: split over the tasks)
 
 
 @dataclass
@@ -142,10 +96,17 @@ class SimulationConfig:
     ray_cpus: int = 0  # CPUs Ray may use (0 = all)
 
 
+EXPOSURE_ESTIMATORS = ("auto", "exact", "extrapolated", "digitwise")  # fedprivacy.privacy.ledger
+SERVER_EVAL_SOURCES = ("auto", "tasks", "public", "file")  # fedprivacy.data.federated
+
+
 @dataclass
 class EvaluationConfig:
     privacy: bool = False  # clients report canary exposure / extraction of the global model
-    exposure: str = "digitwise"  # exact | extrapolated | digitwise
+    # auto: exact enumeration when the secret space has at most exposure_max_candidates
+    # strings, else the digit-wise approximation; or force exact | extrapolated | digitwise
+    exposure: str = "auto"  # one of EXPOSURE_ESTIMATORS
+    exposure_max_candidates: int = 1_000_000
     exposure_samples: int = 2000  # candidates sampled by the extrapolated estimator
     # clients also score their own model after local training (validation and test split);
     # FewFedWeight always gets the validation score it weighs clients by
@@ -165,19 +126,11 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("tasks", "pii", "files"),
-    "data.partition": ("by_task", "iid", "dirichlet"),
-    "strategy.name": ("fedavg", "fewfedweight", "local"),
-    "strategy.fewfedweight.sample_weighting": ("softmax", "uniform"),
-    "strategy.fewfedweight.client_weighting": ("softmax", "proportional", "uniform", "num_examples"),
-    "client.swing.noise": ("gaussian", "laplace"),
-    "evaluation.exposure": ("exact", "extrapolated", "digitwise"),
-}
-TRAIN_STEPS = ("sft", "dp_sgd", "swing", "kd")
-POST_STEPS = ("depn",)
+# Keys renamed since 0.1: an old key is refused with a message naming the new one.
+RENAMED = {"client.steps": "client.pipeline", "client.depn.steps": "client.depn.ig_steps"}
 
 
 def _get(cfg: Any, path: str) -> Any:
@@ -191,15 +144,41 @@ def _require(ok: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key}: {message} (got {value!r})")
 
 
+def _choice(cfg: Any, key: str, allowed: Any) -> None:
+    value = _get(cfg, key)
+    _require(value in allowed, key, f"must be one of {sorted(allowed)}", value)
+
+
+def _walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a config dataclass."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check values that the type system cannot; raise `ConfigError` naming the key path."""
-    for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        _require(value in allowed, key, f"must be one of {list(allowed)}", value)
+    """Check values that the type system cannot; raise `ConfigError` naming the key path.
+
+    Every method's settings are checked by its own ``validate`` hook (`fedprivacy.methods`),
+    so a bad value fails here, before anything starts, not inside a client."""
+    from fedprivacy.data.federated import SOURCES
+    from fedprivacy.data.partition import SCHEMES
+
+    for key, value in _walk(cfg):
+        if isinstance(value, float):
+            _require(math.isfinite(value), key, "must be a finite number", value)
+    _choice(cfg, "data.source", SOURCES)
+    _choice(cfg, "data.partition", SCHEMES)
+    _choice(cfg, "evaluation.exposure", EXPOSURE_ESTIMATORS)
+    _choice(cfg, "server.eval_source", SERVER_EVAL_SOURCES)
     positive = ["rounds", "train.steps", "train.batch_size", "train.eval_batch_size",
                 "simulation.num_clients", "simulation.cpus_per_client", "data.train_per_client",
                 "data.val_per_client", "data.max_length", "model.max_length",
-                "strategy.min_clients", "client.depn.steps", "client.depn.top_z"]
+                "strategy.min_clients", "server.eval_records",
+                "evaluation.exposure_max_candidates"]
     for key in positive:
         value = _get(cfg, key)
         _require(value >= 1, key, "must be >= 1", value)
@@ -215,34 +194,94 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
              cfg.strategy.min_clients)
     _require(cfg.data.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0",
              cfg.data.dirichlet_alpha)
-    _validate_steps(cfg.client.steps)
+    _validate_methods(cfg)
     if cfg.model.preset == "":
         _require(bool(cfg.model.name_or_path), "model.name_or_path",
                  "must be set when model.preset is empty", cfg.model.name_or_path)
     if cfg.data.source == "files":
         _require(bool(cfg.data.path), "data.path", "must name a file when data.source=files",
                  cfg.data.path)
-        _require(Path(cfg.data.path).expanduser().is_file(), "data.path",
-                 "file does not exist", cfg.data.path)
+    if cfg.server.eval_source == "file":
+        _require(bool(cfg.server.eval_path), "server.eval_path",
+                 "must name a file when server.eval_source=file", cfg.server.eval_path)
     for pid in cfg.client.fail_partitions:
         _require(0 <= pid < cfg.simulation.num_clients, "client.fail_partitions",
                  "partition ids must be in [0, num_clients)", pid)
     return cfg
 
 
-def _validate_steps(steps: list[str]) -> None:
-    key = "client.steps"
-    _require(len(steps) >= 1, key, "needs one training step", steps)
-    _require(steps[0] in TRAIN_STEPS, key,
-             f"must start with one training step of {list(TRAIN_STEPS)}", steps)
-    for step in steps[1:]:
-        _require(step in POST_STEPS, key,
-                 f"after the training step only {list(POST_STEPS)} may follow", steps)
-    _require(len(set(steps)) == len(steps), key, "a step appears twice", steps)
+def check_local_files(cfg: ExperimentConfig) -> None:
+    """Files the config names exist on this machine (the launcher's check: in a deployment the
+    server does not see the clients' files, so `validate` does not look)."""
+    if cfg.data.source == "files":
+        _require(Path(cfg.data.path).expanduser().is_file(), "data.path",
+                 "file does not exist", cfg.data.path)
+    if cfg.server.eval_source == "file":
+        _require(Path(cfg.server.eval_path).expanduser().is_file(), "server.eval_path",
+                 "file does not exist", cfg.server.eval_path)
+
+
+def _validate_methods(cfg: ExperimentConfig) -> None:
+    """The pipeline and strategy name registered methods; every method's settings validate."""
+    from fedprivacy.methods import registry
+
+    key, pipeline = "client.pipeline", cfg.client.pipeline
+    train = registry.of_kind("train")
+    post = registry.of_kind("post")
+    _require(len(pipeline) >= 1, key, "needs one training step", pipeline)
+    _require(pipeline[0] in train, key,
+             f"must start with one training step of {sorted(train)}", pipeline)
+    for name in pipeline[1:]:
+        _require(name in post, key,
+                 f"after the training step only {sorted(post)} may follow", pipeline)
+    _require(len(set(pipeline)) == len(pipeline), key, "a step appears twice", pipeline)
+    _choice(cfg, "strategy.name", registry.of_kind("strategy"))
+    for method in registry.of_kind(*registry.KINDS).values():
+        settings = method.settings_of(cfg)
+        hook = getattr(settings, "validate", None)
+        if hook is None:
+            continue
+        try:
+            hook()
+        except registry.SettingError as err:
+            raise ConfigError(f"{method.config_key}.{err}") from err
+
+
+_SCHEMA: dict[int, type] = {}
+
+
+def schema() -> type[ExperimentConfig]:
+    """`ExperimentConfig` with one settings section per registered method.
+
+    ``client`` gains ``client.<section>`` for every client method, ``strategy`` gains
+    ``strategy.<section>`` for every strategy; rebuilt whenever the registry changes."""
+    from fedprivacy.methods import registry
+
+    version = registry.version()
+    if version not in _SCHEMA:
+        def sections(*kinds: registry.Kind) -> list[tuple[str, type, Any]]:
+            return [(m.section or m.name, m.settings, field(default_factory=m.settings))
+                    for m in registry.of_kind(*kinds).values() if m.settings is not None]
+
+        client = dataclasses.make_dataclass("ClientConfig", sections("train", "post"),
+                                            bases=(ClientConfig,))
+        strategy = dataclasses.make_dataclass("StrategyConfig", sections("strategy"),
+                                              bases=(StrategyConfig,))
+        _SCHEMA.clear()
+        _SCHEMA[version] = dataclasses.make_dataclass(
+            "ExperimentConfig", [("client", client, field(default_factory=client)),
+                                 ("strategy", strategy, field(default_factory=strategy))],
+            bases=(ExperimentConfig,))
+    return _SCHEMA[version]
+
+
+def default_config() -> ExperimentConfig:
+    """The embedded default config with every registered method's default settings."""
+    return schema()()
 
 
 def _structured() -> DictConfig:
-    base = OmegaConf.structured(ExperimentConfig)
+    base = OmegaConf.structured(schema())
     OmegaConf.set_struct(base, True)
     return base
 
@@ -251,6 +290,12 @@ def _to_dataclass(merged: DictConfig) -> ExperimentConfig:
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, ExperimentConfig)
     return obj
+
+
+def _check_renamed(layer: DictConfig, source: str) -> None:
+    for old, new in RENAMED.items():
+        if OmegaConf.select(layer, old, default=None) is not None:
+            raise ConfigError(f"{old}: renamed to {new}{source}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None
@@ -269,6 +314,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             layers.append(OmegaConf.load(file))
         except Exception as err:  # YAML syntax errors come in several types
             raise ConfigError(f"{file}: cannot parse YAML: {err}") from err
+        _check_renamed(layers[-1], f" (in {file})")
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -276,6 +322,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         # `key=` (what a shell makes of key='') means the empty string, not null
         layers.append(OmegaConf.from_dotlist([o + "''" if o.endswith("=") else o
                                               for o in overrides]))
+        _check_renamed(layers[-1], " (override)")
     try:
         merged = OmegaConf.merge(*layers)
         cfg = _to_dataclass(merged)
@@ -283,7 +330,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key = getattr(err, "full_key", None) or "?"
         source = f" in {path}" if path else ""
         raise ConfigError(f"{key}: {err.msg if hasattr(err, 'msg') else err}{source}") from err
-    return validate(cfg)
+    validate(cfg)
+    check_local_files(cfg)
+    return cfg
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:
@@ -345,7 +394,10 @@ def unflatten(flat: dict[str, Any]) -> ExperimentConfig:
                 out[name] = json.loads(value) if isinstance(value, str) else value
         return out
 
-    decoded = decode(ExperimentConfig, nested, "")
+    for old, new in RENAMED.items():
+        if old in flat:
+            raise ConfigError(f"{old}: renamed to {new} (run_config)")
+    decoded = decode(schema(), nested, "")
     try:
         merged = OmegaConf.merge(_structured(), OmegaConf.create(decoded))
         return validate(_to_dataclass(merged))

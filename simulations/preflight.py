@@ -1,33 +1,128 @@
 """Checks that run before a simulation starts, so bad input fails fast and writes nothing.
 
-They build what the first client would build (tokenizer, model, its data) and ask each
-configured method whether it can work with it: DEPN needs a supported architecture, every
-record (canaries included) must fit the context, a DP-SGD ε target must be reachable.
+They resolve ``train.device``, build what the clients would build (tokenizer, model, every
+client's data) and check it: every client needs training and validation records and every
+record (canaries included) must fit ``data.max_length``. Then each configured method's
+``preflight(cfg, probe)`` (`fedprivacy.methods.registry`) checks what it needs, e.g. DEPN a
+supported architecture, DP-SGD a reachable ε target.
 """
 
 from __future__ import annotations
 
-from fedprivacy import sites
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 from fedprivacy.config import ExperimentConfig
 from fedprivacy.data.encoding import encode_records
-from fedprivacy.data.federated import build_client_data
-from fedprivacy.models import build_model, load_tokenizer
+from fedprivacy.data.federated import (
+    ClientData,
+    DataConfig,
+    _pool,
+    _split_by_ratio,
+    build_client_data,
+    build_server_data,
+)
+from fedprivacy.data.loaders import check_file
+from fedprivacy.data.partition import partition_records
+from fedprivacy.methods import registry
+from fedprivacy.models import build_model, load_tokenizer, resolve_device
+
+NEEDED = ("train", "validation")  # splits every client encodes (clients/job.py)
+SHOWN = 8  # clients listed in a split-size error
+
+
+def _sizes(data: ClientData) -> str:
+    return ", ".join(f"{s}={len(getattr(data, s))}" for s in ("train", "validation", "test"))
+
+
+def _count(data: ClientData) -> int:
+    return len(data.train) + len(data.validation) + len(data.test)
+
+
+def _source_key(cfg: DataConfig) -> str:
+    """The key to blame for clients left without records."""
+    if cfg.source == "files":
+        return f"data.path ({cfg.path})"
+    if cfg.source == "pii":
+        return "data.pii_records"
+    if cfg.partition == "dirichlet":
+        return f"data.dirichlet_alpha={cfg.dirichlet_alpha} (data.partition=dirichlet)"
+    return "data.train_per_client / data.val_per_client"
+
+
+def check_split_sizes(cfg: ExperimentConfig, clients: list[ClientData]) -> None:
+    """Every client needs at least one training and one validation record; name the key,
+    the number of records and what each client got."""
+    short = [i for i, data in enumerate(clients) if min(len(getattr(data, s)) for s in NEEDED) == 0]
+    if not short:
+        return
+    d, num = cfg.data, cfg.simulation.num_clients
+    pool = f" (the pool holds {sum(map(_count, clients))} records)" if len(clients) == num else ""
+    got = "; ".join(f"client {i}: {_sizes(clients[i])}" for i in short[:SHOWN])
+    if len(short) > SHOWN:
+        got += f"; ... ({len(short) - SHOWN} more)"
+    raise ValueError(
+        f"{_source_key(d)}: too few records for simulation.num_clients={num}{pool}: clients "
+        f"{short} get no training or no validation record ({got}; each client's part is split "
+        f"in the ratio train:validation:test = {d.train_per_client}:{d.val_per_client}:"
+        f"{d.test_per_client}). Give more records, fewer clients or a larger "
+        "data.val_per_client")
+
+
+def client_data(cfg: ExperimentConfig) -> list[ClientData]:
+    """Every client's data, built once, as `build_client_data` builds it in each client.
+
+    Pool sources (files, tasks + iid/dirichlet) load and partition the pool once here, not
+    once per client (which is quadratic in the clients). Clients that generate their own data
+    (pii, tasks + by_task) all get the configured split sizes: client 0 stands for them. An
+    error that names no key is put on the data source's key.
+    """
+    d, num, seed = cfg.data, cfg.simulation.num_clients, cfg.seed
+    try:
+        if d.source == "pii" or (d.source == "tasks" and d.partition == "by_task"):
+            return [build_client_data(d, 0, num, seed)]
+        parts = partition_records(_pool(d, num, seed), num, d.partition, seed, d.dirichlet_alpha)
+    except ValueError as err:
+        if str(err).startswith("data."):
+            raise
+        raise ValueError(f"{_source_key(d)}: cannot split the data across "
+                         f"simulation.num_clients={num}: {err}") from err
+    return [ClientData(*_split_by_ratio(part, d)) for part in parts]
+
+
+@dataclass
+class Probe:
+    """What the first client would build: a method's ``preflight(cfg, probe)`` checks it."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    data: ClientData
 
 
 def preflight(cfg: ExperimentConfig) -> None:
     """Raise a clear error (naming the key) if this config cannot run; write nothing."""
-    tokenizer = load_tokenizer(cfg.model)
+    resolve_device(cfg.train.device)  # the server and every client move the model there
+    tokenizer = load_tokenizer(cfg.model)  # a bad model folder is named here
     model = build_model(cfg.model, tokenizer, cfg.seed)
-    if "depn" in cfg.client.steps:
-        sites.family(model)  # UnsupportedArchitectureError names the model class
-    data = build_client_data(cfg.data, 0, cfg.simulation.num_clients, cfg.seed)
-    for split in ("train", "validation"):
-        try:
-            encode_records(tokenizer, getattr(data, split), cfg.data.max_length)
-        except ValueError as err:
-            raise ValueError(f"data.max_length: client 0's {split} split: {err}") from err
-    if "dp_sgd" in cfg.client.steps:
-        from fedprivacy.privacy.dp import resolve_noise_multiplier
-
-        sample_rate = min(1.0, cfg.train.batch_size / len(data.train))
-        resolve_noise_multiplier(cfg.client.dp, sample_rate, cfg.train.steps * cfg.rounds)
+    num = cfg.simulation.num_clients
+    clients = client_data(cfg)
+    check_split_sizes(cfg, clients)
+    for i, data in enumerate(clients):
+        for split in NEEDED:
+            try:
+                encode_records(tokenizer, getattr(data, split), cfg.data.max_length)
+            except ValueError as err:
+                raise ValueError(f"data.max_length: client {i}'s {split} split: {err}") from err
+    server = cfg.server
+    if server.eval_source == "file":  # the cheap checks, under the server's own key
+        check_file(Path(server.eval_path).expanduser(), "server.eval_path")
+    if not build_server_data(cfg.data, server.eval_source, server.eval_path,
+                             server.eval_records, num, cfg.seed):
+        raise ValueError(f"server.eval_source={server.eval_source!r}: the server's evaluation "
+                         "set is empty")
+    probe = Probe(tokenizer, model, clients[0])
+    for method in registry.configured(cfg):
+        if method.preflight is not None:
+            method.preflight(cfg, probe)

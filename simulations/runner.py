@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,9 +32,9 @@ import psutil
 
 from fedprivacy.config import ExperimentConfig, flatten
 from fedprivacy.report import RunFolder
+from fedprivacy.simulations.watchdog import RUN_TOKEN, kill_tagged, start_watchdog, stop
 
 APP_NAME = "fedprivacy-run"
-RUN_TOKEN = "FEDPRIVACY_RUN_TOKEN"
 CONNECTION = "fedprivacy-sim"
 
 
@@ -58,7 +59,7 @@ def toml_value(value: bool | int | float | str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-COMPONENTS = ("strategies.server_app:app", "clients.client_app:app")
+COMPONENTS = ("fedprivacy.strategies.server_app:app", "fedprivacy.clients.client_app:app")
 
 
 def write_app(app_dir: Path, cfg: ExperimentConfig,
@@ -87,22 +88,6 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _stop(processes: list[psutil.Process], grace: float) -> None:
-    """SIGTERM every process, then SIGKILL those still alive after ``grace`` seconds."""
-    for p in processes:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-
-
 def _kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop ``proc`` and every process below it.
 
@@ -111,23 +96,10 @@ def _kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """
     try:
         root = psutil.Process(proc.pid)
-        _stop([root, *root.children(recursive=True)], grace)
+        stop([root, *root.children(recursive=True)], grace)
     except psutil.NoSuchProcess:
         pass
     proc.wait(timeout=5)
-
-
-def _kill_tagged(token: str, grace: float = 10.0) -> None:
-    """Stop processes that carry this run's token but left the tree (Ray daemons whose
-    parent exited are re-parented to init)."""
-    tagged = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.environ().get(RUN_TOKEN) == token:
-                tagged.append(p)
-        except psutil.Error:
-            continue
-    _stop(tagged, grace)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -148,8 +120,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
-    """A private simulation SuperLink; yields the environment that ``flwr`` must use."""
+def simulation_superlink(log_path: Path, lock_fd: int | None = None
+                         ) -> Iterator[dict[str, str]]:
+    """A private simulation SuperLink; yields the environment that ``flwr`` must use.
+
+    A watchdog (`fedprivacy.simulations.watchdog`) stops all of it if this process is killed;
+    it holds ``lock_fd`` (the run folder's lock) until then."""
     home = Path(tempfile.mkdtemp(prefix="fedprivacy-flwr-"))
     port = free_port()
     # the SuperLink starts flower-superexec by name: this environment's scripts come first
@@ -162,19 +138,24 @@ def simulation_superlink(log_path: Path) -> Iterator[dict[str, str]]:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
-             "--port", str(port), "--isolation", "subprocess",
-             "--disable-runtime-dependency-installation"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        with _sigterm_as_interrupt():
-            _wait_healthy(port, proc, log_path)
-            yield env
-    finally:
-        _kill_tree(proc)
-        _kill_tagged(token)
-        shutil.rmtree(home, ignore_errors=True)
+        watchdog = start_watchdog(token, home, lock_fd, log.fileno())
+        proc: subprocess.Popen | None = None
+        try:
+            proc = subprocess.Popen(
+                [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+                 "--port", str(port), "--isolation", "subprocess",
+                 "--disable-runtime-dependency-installation"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            with _sigterm_as_interrupt():
+                _wait_healthy(port, proc, log_path)
+                yield env
+        finally:
+            if proc is not None:
+                _kill_tree(proc)
+            kill_tagged(token)
+            shutil.rmtree(home, ignore_errors=True)
+            watchdog.terminate()  # everything is stopped: the watchdog has nothing left to do
+            watchdog.wait(timeout=10)
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
@@ -193,7 +174,8 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log_path: Path, timeout: fl
 
 def federation_config(cfg: ExperimentConfig) -> str:
     sim = cfg.simulation
-    parts = [f"num-supernodes={sim.num_clients}", f"client-resources-num-cpus={sim.cpus_per_client}",
+    parts = [f"num-supernodes={sim.num_clients}",
+             f"client-resources-num-cpus={sim.cpus_per_client}",
              f"client-resources-num-gpus={sim.gpus_per_client}"]
     if sim.ray_cpus:
         parts.append(f"init-args-num-cpus={sim.ray_cpus}")
@@ -201,11 +183,12 @@ def federation_config(cfg: ExperimentConfig) -> str:
 
 
 def submit(app_dir: Path, cfg: ExperimentConfig, log_path: Path,
-           on_tick: Callable[[], None] = lambda: None) -> int:
+           on_tick: Callable[[], None] = lambda: None, lock_fd: int | None = None) -> int:
     """Run the app in ``app_dir`` on a private simulation SuperLink; return flwr's exit code.
 
-    ``on_tick`` is called twice a second while the run goes on (progress display)."""
-    with simulation_superlink(log_path) as env, log_path.open("ab") as log:
+    ``on_tick`` is called twice a second while the run goes on (progress display); ``lock_fd``
+    (the run folder's lock) is held by the run's watchdog too."""
+    with simulation_superlink(log_path, lock_fd) as env, log_path.open("ab") as log:
         proc = subprocess.Popen(
             [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream",
              "--federation-config", federation_config(cfg)],
@@ -220,24 +203,61 @@ def submit(app_dir: Path, cfg: ExperimentConfig, log_path: Path,
     return proc.returncode
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_TAIL = 2_000_000  # bytes of flower.log searched for the ServerApp's error
+
+
+def last_error(log_text: str) -> str | None:
+    """The last exception in a Flower log: the ``Type: message`` line closing its last
+    traceback, else the last ERROR line; None if there is neither."""
+    lines = [_ANSI.sub("", line).rstrip() for line in log_text.splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].endswith("Traceback (most recent call last):"):
+            for line in lines[i + 1:]:
+                if line and not line[0].isspace():
+                    return line.strip()
+    errors = [line.split(":", 1)[1].strip() for line in lines
+              if line.startswith("ERROR") and ":" in line]
+    return next((e for e in reversed(errors) if e), None)
+
+
+def failure_message(code: int, log_path: Path) -> str:
+    """Why a run ended without a summary: the ServerApp's last error from its log."""
+    try:
+        with log_path.open("rb") as fh:
+            fh.seek(max(0, log_path.stat().st_size - LOG_TAIL))
+            error = last_error(fh.read().decode("utf-8", errors="replace"))
+    except OSError:
+        error = None
+    if error:
+        return f"the ServerApp failed: {error} (see {log_path})"
+    return f"the run ended without a summary (flwr exit code {code}); see {log_path}"
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
     """Run a simulation of ``cfg``; return its run folder (with ``summary.json``).
 
-    Re-running on a folder with a checkpoint resumes after the last finished round.
+    Re-running on a folder with a checkpoint resumes after the last finished round. The folder
+    is locked while the run lives (`RunFolder.lock`): a second run on it raises
+    `fedprivacy.report.RunFolderLocked` before writing anything.
     """
-    from simulations.preflight import preflight
-    from simulations.progress import RoundProgress
+    from fedprivacy.simulations.preflight import preflight
+    from fedprivacy.simulations.progress import RoundProgress
 
     cfg = resolve_out_dir(cfg)
+    if Path(cfg.out_dir).is_dir():
+        RunFolder(cfg.out_dir).check_unlocked()  # refuse at once, before the preflight
     preflight(cfg)
-    folder = RunFolder(cfg.out_dir)  # the ServerApp writes config.yaml and versions.json
-    (folder.path / "summary.json").unlink(missing_ok=True)
-    app_dir = folder.path / ".flwr-app"
-    write_app(app_dir, cfg)
-    log_path = folder.path / "flower.log"
-    with RoundProgress(folder, cfg.rounds, enabled=progress) as bar:
-        code = submit(app_dir, cfg, log_path, bar.update)
-    if not (folder.path / "summary.json").is_file():
-        raise RunFailed(f"the run ended without a summary (flwr exit code {code}); "
-                        f"see {log_path}")
+    folder = RunFolder(cfg.out_dir)
+    with folder.lock() as lock_fd:
+        folder.recover()  # a round a kill left in the checkpoint only
+        folder.write_config(cfg)  # the ServerApp writes it too (also under `flwr run`)
+        (folder.path / "summary.json").unlink(missing_ok=True)
+        app_dir = folder.path / ".flwr-app"
+        write_app(app_dir, cfg)
+        log_path = folder.path / "flower.log"
+        with RoundProgress(folder, cfg.rounds, enabled=progress) as bar:
+            code = submit(app_dir, cfg, log_path, bar.update, lock_fd)
+        if not (folder.path / "summary.json").is_file():
+            raise RunFailed(failure_message(code, log_path))
     return folder

@@ -8,7 +8,7 @@ A sweep file::
     overrides: [rounds=2]             # applied to every run
     runs:                             # named variants (a list of dotlist overrides each) ...
       - {name: fedavg, overrides: []}
-      - {name: depn, overrides: ["client.steps=[sft,depn]"]}
+      - {name: depn, overrides: ["client.pipeline=[sft,depn]"]}
     grid:                             # ... and/or a grid: every combination of the values
       train.lr: [0.001, 0.003]
     metrics: [final.eval_loss]        # summary keys for the Markdown table and the plot
@@ -18,6 +18,12 @@ writes ``results.csv`` (one row per run: its overrides and flattened ``summary.j
 ``results.md`` (mean ± std over seeds per variant; with a ``baseline``, also each variant's
 per-task scores, the share of tasks it improves over the baseline and its average improvement
 rate, the measures of FewFedWeight's paper) and ``comparison.png``.
+
+A run that fails is a row of ``results.csv`` (``status`` failed, its ``error``) and of the
+"Failed runs" table of ``results.md``; the sweep goes on and `fedprivacy sweep` exits non-zero.
+Run again on the same folder, a sweep reuses a finished run only if the ``config.yaml`` in its
+folder equals the run's resolved config (apart from ``out_dir`` and ``name``); a run made with
+other overrides is moved aside (``<run>.replaced-<time>``) and run anew.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fedprivacy.config import ConfigError, load_config
+from fedprivacy.config import ConfigError, ExperimentConfig, flatten, load_config
 from fedprivacy.report import RunFolder, flatten_dict
+from fedprivacy.simulations.errors import describe
 
 
 @dataclass
@@ -97,29 +104,92 @@ def load_sweep(path: str | Path) -> Sweep:
                  [str(m) for m in spec.get("metrics", [])], baseline)
 
 
-def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Run every run of ``sweep`` in turn; write the comparison; return the sweep folder.
+FINISHED, REUSED, FAILED = "finished", "reused", "failed"
+IGNORED_KEYS = ("out_dir", "name")  # a run's folder and name do not change what it computes
+
+
+@dataclass
+class SweepOutcome:
+    """A sweep's folder and its rows (one per run, ``status`` finished, reused or failed)."""
+
+    root: Path
+    rows: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("status") == FAILED]
+
+
+def sweep_root(sweep: Sweep, out_dir: str | Path | None = None) -> Path:
+    """The sweep's absolute folder: ``out_dir`` or ``runs/sweep-<name>-<time>``."""
+    path = Path(out_dir) if out_dir else (
+        Path("runs") / f"sweep-{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    return path.expanduser().resolve()
+
+
+def run_config(sweep: Sweep, run: SweepRun, folder: Path) -> ExperimentConfig:
+    """The resolved config of one run of the sweep, in ``folder``."""
+    return load_config(sweep.base, run.overrides + [
+        f"out_dir={folder}", f"name={sweep.name}-{_slug(run.variant)}-seed{run.seed}"])
+
+
+def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
+    """Whether the resolved config stored in ``folder`` (``config.yaml``) equals ``cfg``,
+    apart from the output folder and the name. A missing or unreadable one differs."""
+    try:
+        stored = flatten(load_config(folder / "config.yaml"))
+    except ConfigError:
+        return False
+    new = flatten(cfg)
+    for key in IGNORED_KEYS:
+        stored.pop(key, None)
+        new.pop(key, None)
+    return stored == new
+
+
+def _set_aside(folder: Path) -> Path:
+    """Move a run folder made with another config out of the way (kept, never deleted)."""
+    RunFolder(folder).check_unlocked()
+    target = folder.with_name(f"{folder.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
+    folder.rename(target)
+    return target
+
+
+def _run_one(sweep: Sweep, run: SweepRun, folder: Path, progress: bool) -> dict[str, Any]:
+    """Run (or reuse, or resume) one run; its row's status and flattened summary."""
+    from fedprivacy.simulations.runner import run_experiment
+
+    cfg = run_config(sweep, run, folder)
+    if folder.is_dir() and any(folder.iterdir()) and not same_config(folder, cfg):
+        _set_aside(folder)  # made with other overrides: neither reused nor resumed
+    if (folder / "summary.json").is_file():  # finished earlier, same config: reuse it
+        return {"status": REUSED, **flatten_dict(RunFolder(folder).summary())}
+    # new, or cut short (then it resumes from its checkpoint)
+    return {"status": FINISHED, **flatten_dict(run_experiment(cfg, progress=progress).summary())}
+
+
+def run_sweep(sweep: Sweep, out_dir: str | Path | None = None,
+              progress: bool = True) -> SweepOutcome:
+    """Run every run of ``sweep`` in turn; write the comparison after each.
 
     Runs are named ``<variant>-seed<seed>``; on the same ``out_dir`` a finished run is reused
-    and a cut-short one resumes, so a killed sweep goes on where it stopped."""
-    from simulations.runner import run_experiment
-
-    root = Path(out_dir or Path("runs") / f"sweep-{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if its stored config equals the new one (else it is set aside and rerun) and a cut-short
+    one resumes, so a killed sweep goes on where it stopped. A run that fails is a row with its
+    error (``status`` failed) and the sweep goes on; an interrupt stops the sweep."""
+    root = sweep_root(sweep, out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for run in sweep.runs:
         folder = root / f"{_slug(run.variant)}-seed{run.seed}"
-        if (folder / "summary.json").is_file():  # finished earlier: a rerun sweep goes on
-            summary = RunFolder(folder).summary()
-        else:  # new, or cut short (then it resumes from its checkpoint)
-            cfg = load_config(sweep.base, run.overrides + [
-                f"out_dir={folder}", f"name={sweep.name}-{_slug(run.variant)}-seed{run.seed}"])
-            summary = run_experiment(cfg, progress=progress).summary()
-        rows.append({"variant": run.variant, "seed": run.seed,
-                     "overrides": " ".join(run.overrides), "run_dir": str(folder),
-                     **flatten_dict(summary)})
+        row: dict[str, Any] = {"variant": run.variant, "seed": run.seed,
+                               "overrides": " ".join(run.overrides), "run_dir": str(folder)}
+        try:
+            row.update(_run_one(sweep, run, folder, progress))
+        except Exception as err:  # recorded; the next runs still run
+            row.update(status=FAILED, error=describe(err))
+        rows.append(row)
         write_results(root, rows, sweep.metrics, sweep.baseline)
-    return root
+    return SweepOutcome(root, rows)
 
 
 def _slug(text: str) -> str:
@@ -138,8 +208,20 @@ def write_results(root: Path, rows: list[dict[str, Any]], metrics: list[str],
     text = results_markdown(table, metrics)
     if baseline and any(r["variant"] == baseline for r in rows):
         text += "\n" + improvement_markdown(improvement(rows, baseline), baseline)
+    text += failures_markdown(rows)
     (root / "results.md").write_text(text)
     plot_comparison(table, metrics, root / "comparison.png")
+
+
+def failures_markdown(rows: list[dict[str, Any]]) -> str:
+    """The failed runs and their errors ("" when none failed)."""
+    failed = [r for r in rows if r.get("status") == FAILED]
+    if not failed:
+        return ""
+    lines = [f"| {r['variant']} | {r['seed']} | {str(r.get('error', '')).replace('|', '/')} |"
+             for r in failed]
+    return ("\nFailed runs\n\n| variant | seed | error |\n|---|---|---|\n"
+            + "\n".join(lines) + "\n")
 
 
 TASK_PREFIX = "tasks."
@@ -174,22 +256,25 @@ def improvement_markdown(table: dict[str, dict[str, Any]], baseline: str) -> str
     return head + "\n".join(lines) + "\n"
 
 
-def aggregate(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[str, tuple[float, float, int]]]:
+Table = dict[str, dict[str, tuple[float, float, int]]]  # variant -> metric -> (mean, std, n)
+
+
+def aggregate(rows: list[dict[str, Any]], metrics: list[str]) -> Table:
     """variant -> metric -> (mean, std, n) over seeds (non-numeric or missing values skipped)."""
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for variant in dict.fromkeys(r["variant"] for r in rows):
         group = [r for r in rows if r["variant"] == variant]
         out[variant] = {}
         for metric in metrics:
-            values = [float(r[metric]) for r in group
-                      if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)]
+            values = [float(r[metric]) for r in group if isinstance(r.get(metric), (int, float))
+                      and not isinstance(r.get(metric), bool)]
             if values:
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
                 out[variant][metric] = (statistics.fmean(values), std, len(values))
     return out
 
 
-def results_markdown(table: dict[str, dict[str, tuple[float, float, int]]], metrics: list[str]) -> str:
+def results_markdown(table: Table, metrics: list[str]) -> str:
     head = "| variant | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics) + "\n"
     lines = []
     for variant, values in table.items():
@@ -199,8 +284,7 @@ def results_markdown(table: dict[str, dict[str, tuple[float, float, int]]], metr
     return head + "\n".join(lines) + "\n"
 
 
-def plot_comparison(table: dict[str, dict[str, tuple[float, float, int]]], metrics: list[str],
-                    path: Path) -> None:
+def plot_comparison(table: Table, metrics: list[str], path: Path) -> None:
     """One bar chart per metric, variants side by side, error bars = std over seeds."""
     import matplotlib
 

@@ -19,9 +19,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.reply_check import ArraySpec, array_spec, check_reply, majority_keys, metric_keys
-
-PARTITION_KEY = "partition-id"
+from fedprivacy import wire
+from fedprivacy.strategies.query import query_nodes
+from fedprivacy.strategies.reply_check import (ArraySpec, array_spec, check_reply, majority_keys,
+                                               metric_keys)
+from fedprivacy.strategies.wrapper import StrategyWrapper
 
 
 @dataclass
@@ -42,23 +44,27 @@ def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> Metr
     total = sum(float(m[weight_key]) for m in metrics)
     out = MetricRecord()
     for key in metrics[0].keys():
-        if key in (weight_key, PARTITION_KEY) or isinstance(metrics[0][key], list):
+        if key in (weight_key, wire.PARTITION_ID) or isinstance(metrics[0][key], list):
             continue
         out[key] = sum(float(m[key]) * float(m[weight_key]) for m in metrics) / total
     return out
 
 
-class GuardedStrategy(Strategy):
+class GuardedStrategy(StrategyWrapper):
     """Validate replies before the wrapped strategy aggregates them.
 
     ``round_offset`` shifts the round numbers the wrapped strategy sees (a resumed run goes on
-    counting where it stopped).
+    counting where it stopped). Valid replies reach the wrapped strategy in partition order,
+    so the float sums of an aggregation do not depend on arrival order (same seed, same
+    bits). Every drop names the client's partition: nodes are asked for theirs up front.
+    ``query_timeout`` bounds that question (seconds).
     """
 
-    def __init__(self, inner: Strategy, weight_key: str = "num-examples",
-                 round_offset: int = 0) -> None:
-        self.inner = inner
+    def __init__(self, inner: Strategy, weight_key: str = wire.NUM_EXAMPLES,
+                 round_offset: int = 0, query_timeout: float = 60.0) -> None:
+        super().__init__(inner)
         self.weight_key = weight_key
+        self.query_timeout = query_timeout
         self.round_offset = round_offset
         self.rounds: dict[int, RoundLog] = {}
         self._spec: ArraySpec = {}
@@ -80,7 +86,15 @@ class GuardedStrategy(Strategy):
         self._spec = array_spec(arrays)
         self._sent = list(self.inner.configure_train(server_round + self.round_offset, arrays,
                                                      config, grid))
+        self._learn_partitions(grid, [m.metadata.dst_node_id for m in self._sent])
         return self._sent
+
+    def _learn_partitions(self, grid: Grid, nodes: list[int]) -> None:
+        """Ask nodes whose partition is not known yet for it (their query reply)."""
+        unknown = [n for n in nodes if n not in self._partition_of]
+        for node, record in query_nodes(grid, unknown, self.query_timeout).items():
+            if wire.PARTITION_ID in record:
+                self._partition_of[node] = int(record[wire.PARTITION_ID])
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -150,16 +164,22 @@ class GuardedStrategy(Strategy):
                 continue
             valid.append(msg)
             self._record_client(entry, stage, msg)
-        return valid
+        return sorted(valid, key=self._order)
+
+    def _order(self, msg: Message) -> tuple[int, int]:
+        """Partition id first (node id for a client that reports none)."""
+        metrics = next(iter(msg.content.metric_records.values()))
+        pid = metrics.get(wire.PARTITION_ID)
+        return (int(pid) if pid is not None else 1 << 62, msg.metadata.src_node_id)
 
     def _record_client(self, entry: RoundLog, stage: str, msg: Message) -> None:
         metrics = next(iter(msg.content.metric_records.values()))
-        pid = metrics.get(PARTITION_KEY)
+        pid = metrics.get(wire.PARTITION_ID)
         if pid is not None:
             self._partition_of[msg.metadata.src_node_id] = int(pid)
         name = str(int(pid)) if pid is not None else f"node-{msg.metadata.src_node_id}"
         row = entry.clients.setdefault(name, {})
         for key, value in metrics.items():
-            if key != PARTITION_KEY:
+            if key != wire.PARTITION_ID:
                 row[f"{stage}.{key}"] = ([float(v) for v in value] if isinstance(value, list)
                                          else float(value))

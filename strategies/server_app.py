@@ -1,30 +1,53 @@
 """The ServerApp: builds the global model, runs the configured strategy, records the run.
 
 The same app runs under `fedprivacy run` (simulation), ``flwr run`` and a real deployment: it
-reads everything from Flower's flat ``run_config`` (`fedprivacy.config.unflatten`).
+reads everything from Flower's flat ``run_config`` (`fedprivacy.config.unflatten`). It never
+builds or reads a client's data: its central evaluation uses the server's own set
+(``server.*``, `fedprivacy.data.federated.build_server_data`).
 """
 
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from transformers import PreTrainedModel
 
+from fedprivacy import wire
 from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.data.encoding import encode_records
-from fedprivacy.data.federated import build_eval_data
+from fedprivacy.data.federated import build_server_data
+from fedprivacy.editing import EDITS_KEY
 from fedprivacy.evaluation import evaluate_loss, perplexity
+from fedprivacy.methods import registry
 from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer, resolve_device
 from fedprivacy.report import RunFolder, summarize
-from strategies.factory import make_strategy
-from strategies.guarded import GuardedStrategy
+from fedprivacy.strategies.factory import make_strategy
+from fedprivacy.strategies.guarded import GuardedStrategy
 
 app = ServerApp()
+
+
+class GlobalModel:
+    """The server's one copy of the global model. Strategies borrow it through `load`; only
+    the ServerApp saves it, with an edit record that describes exactly its weights."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model: PreTrainedModel = build_model(cfg.model, self.tokenizer, cfg.seed)
+        self.initial_arrays = ArrayRecord(cpu_state_dict(self.model))
+        self.model.to(resolve_device(cfg.train.device))
+
+    def load(self, arrays: ArrayRecord) -> PreTrainedModel:
+        """The model holding ``arrays``; plain arrays carry no edit, so the record is cleared."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        setattr(self.model.config, EDITS_KEY, [])
+        return self.model
 
 
 class ServerRun:
@@ -34,40 +57,41 @@ class ServerRun:
         self.cfg, self.grid = cfg, grid
         self.folder = RunFolder(cfg.out_dir or Path("runs") / f"{cfg.name}-{int(time.time())}")
         self.folder.write_config(cfg)  # also under `flwr run` and in deployments
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.model = build_model(cfg.model, self.tokenizer, cfg.seed)
-        self.initial_arrays = ArrayRecord(cpu_state_dict(self.model))
-        self.model.to(resolve_device(cfg.train.device))
-        eval_records = build_eval_data(cfg.data, cfg.simulation.num_clients, cfg.seed)
-        self.eval_set = encode_records(self.tokenizer, eval_records, cfg.data.max_length,
+        self.global_model = GlobalModel(cfg)
+        sc = cfg.server
+        records = build_server_data(cfg.data, sc.eval_source, sc.eval_path, sc.eval_records,
+                                    cfg.simulation.num_clients, cfg.seed)
+        self.eval_set = encode_records(self.global_model.tokenizer, records, cfg.data.max_length,
                                        on_overflow="truncate")
         self.started = time.time()
 
     def run(self) -> dict:
         cfg = self.cfg
-        arrays = self.initial_arrays
+        arrays = self.global_model.initial_arrays
         done = 0
         checkpoint = self.folder.load_checkpoint()
         if checkpoint is not None:
             done, saved = checkpoint
             arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in saved.items()})
             log(INFO, "[fedprivacy] resuming %s after round %d", self.folder.path, done)
-        inner = make_strategy(cfg, self.model, self.tokenizer)
-        self.strategy = GuardedStrategy(inner, round_offset=done)
+        inner = make_strategy(cfg, self.global_model)
+        self.strategy = GuardedStrategy(inner, round_offset=done,
+                                        query_timeout=cfg.strategy.round_timeout)
         remaining = cfg.rounds - done
         if remaining > 0:
             result = self.strategy.start(
                 grid=self.grid, initial_arrays=arrays, num_rounds=remaining,
                 timeout=cfg.strategy.round_timeout,
-                train_config=ConfigRecord({"num-rounds": cfg.rounds}),
-                evaluate_config=ConfigRecord({"num-rounds": cfg.rounds}),
+                train_config=ConfigRecord({wire.NUM_ROUNDS: cfg.rounds}),
+                evaluate_config=ConfigRecord({wire.NUM_ROUNDS: cfg.rounds}),
                 evaluate_fn=self.end_of_round)
-            arrays = result.arrays if result.arrays is not None else arrays
+            # Flower returns an empty ArrayRecord when no round produced a model
+            arrays = result.arrays if len(result.arrays) > 0 else arrays
         return self.finish(arrays)
 
     def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        loss, _ = evaluate_loss(self.model, self.eval_set, self.cfg.train.eval_batch_size)
+        model = self.global_model.load(arrays)
+        loss, _ = evaluate_loss(model, self.eval_set, self.cfg.train.eval_batch_size)
         return {"eval_loss": loss, "eval_ppl": perplexity(loss)}
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -81,29 +105,29 @@ class ServerRun:
                   "dropped": entry.dropped,
                   "train": entry.extra.get("train", {}), "evaluate": entry.extra.get("evaluate", {}),
                   "durations": {**entry.durations, "round_s": time.time() - entry.started},
-                  "strategy": self.strategy_info(rnd)}
-        if rnd > 0:  # checkpoint first: a recorded round can always be resumed from
-            self.folder.save_checkpoint(rnd, {k: a.numpy() for k, a in arrays.items()})
-        self.folder.append_round(record)
+                  "strategy": self.strategy.round_record(rnd)}
+        if rnd > 0 and not entry.extra.get("train"):
+            record["no_valid_reply"] = True
+            log(WARNING, "[fedprivacy] round %d had no valid train reply: the global model is "
+                         "the previous round's", rnd)
+        # the checkpoint (round > 0) and the record commit as a pair: a kill loses neither
+        self.folder.save_round(rnd, {k: a.numpy() for k, a in arrays.items()}, record)
         log(INFO, "[fedprivacy] round %d/%d: global eval loss %.4f (ppl %.2f), %d clients, "
                   "%d dropped, %.1f s", rnd, self.cfg.rounds, server["eval_loss"],
             server["eval_ppl"], len(entry.clients), len(entry.dropped),
             record["durations"]["round_s"])
         return MetricRecord(server)
 
-    def strategy_info(self, rnd: int) -> dict:
-        """What the wrapped strategies recorded for a round (``round_info`` of each layer)."""
-        info, layer = {}, self.strategy.inner
-        while layer is not None:
-            info.update(getattr(layer, "round_info", {}).get(rnd, {}))
-            layer = getattr(layer, "inner", None)
-        return info
-
     def finish(self, arrays: ArrayRecord) -> dict:
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        self.model.cpu().save_pretrained(self.folder.model_dir)
-        self.tokenizer.save_pretrained(self.folder.model_dir)
-        summary = summarize(self.cfg, self.folder.rounds(), self.started)
+        """Save the final model (each configured method's ``finish`` applied) and the summary."""
+        model = self.global_model.load(arrays)
+        rounds = self.folder.rounds()
+        for method in registry.configured(self.cfg):
+            if method.finish is not None:
+                method.finish(model, rounds)
+        model.cpu().save_pretrained(self.folder.model_dir)
+        self.global_model.tokenizer.save_pretrained(self.folder.model_dir)
+        summary = summarize(self.cfg, rounds, self.started)
         self.folder.write_summary(summary)
         log(INFO, "[fedprivacy] run finished: %s", self.folder.path)
         return summary

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedprivacy.data.records import Record
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label of a token without loss (PyTorch's and HF's ignore_index)
 
 
 def _overlaps(offset: tuple[int, int], spans: list[list[int]]) -> bool:
@@ -43,7 +43,7 @@ def _encode_one(
 def encode_records(
     tokenizer: PreTrainedTokenizerBase, records: list[Record], max_length: int, on_overflow: str = "error"
 ) -> dict[str, torch.Tensor]:
-    """`input_ids`, `attention_mask`, `labels` (-100 off the completion) and `private_mask`.
+    """`input_ids`, `attention_mask`, `labels` (IGNORE_INDEX off the completion) and `private_mask`.
 
     Sequences are `<s> prompt completion </s>`, right-padded to the longest one. A record longer
     than `max_length` raises ValueError (`on_overflow="error"`) or is cut at the right ("truncate").

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from fedprivacy.data.loaders import load_records
 from fedprivacy.data.partition import SCHEMES, partition_records
 from fedprivacy.data.pii import Canary, make_canaries, pii_corpus, public_corpus
-from fedprivacy.data.records import Record, derive_seed, record_text
+from fedprivacy.data.records import Record, derive_seed
 from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
 
 SOURCES = ("tasks", "pii", "files")
@@ -58,7 +58,8 @@ def task_names(cfg: DataConfig) -> list[str]:
 
 
 def _check(cfg: DataConfig, partition_id: int, num_partitions: int) -> None:
-    """Reject bad arguments before generating anything, naming the offending one."""
+    """Reject bad arguments before generating anything, naming the offending one (for library
+    callers; a run's config is checked against the same tables by `fedprivacy.config`)."""
     if cfg.source not in SOURCES:
         raise ValueError(f"data.source must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
     if cfg.partition not in SCHEMES:
@@ -133,13 +134,33 @@ def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, s
     return ClientData(*_split_by_ratio(part, cfg))
 
 
-def build_eval_data(cfg: DataConfig, num_partitions: int, seed: int) -> list[Record]:
-    """The server's held-out set: all clients' validation records, minus any client's training text."""
-    clients = [build_client_data(cfg, i, num_partitions, seed) for i in range(num_partitions)]
-    private = {record_text(r) for client in clients for r in client.train}
-    held_out: dict[str, Record] = {}
-    for client in clients:
-        for record in client.validation:
-            if record_text(record) not in private:
-                held_out.setdefault(record_text(record), record)
-    return list(held_out.values())
+def server_tasks(cfg: DataConfig, num_partitions: int) -> list[str]:
+    """The tasks the clients of a run hold, from the config alone (with ``by_task``, client i
+    holds ``tasks[i mod T]``)."""
+    names = task_names(cfg)
+    if cfg.partition == "by_task":
+        return names[:min(len(names), num_partitions)]
+    return names
+
+
+def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_partitions: int,
+                      seed: int) -> list[Record]:
+    """The server's own held-out set: never a client's data (`ServerConfig`).
+
+    ``tasks``: ``n`` examples of the clients' tasks generated with the server's own seed;
+    ``public``: ``n`` generated PII-free sentences; ``file``: the records of ``path`` (a file
+    only the server reads, with the data section's field names); ``auto``: ``tasks`` for
+    ``data.source=tasks``, else ``public``.
+    """
+    if source == "auto":
+        source = "tasks" if cfg.source == "tasks" else "public"
+    server_seed = derive_seed(seed, "server")
+    if source == "file":
+        return load_records(path, cfg.prompt_field or None, cfg.completion_field or None,
+                            cfg.text_field)
+    if source == "public":
+        return public_corpus(n, server_seed)
+    names = server_tasks(cfg, num_partitions)
+    share, extra = divmod(n, len(names))
+    return [r for t, name in enumerate(names)
+            for r in get_task(name).generate(share + (t < extra), server_seed)]

@@ -65,11 +65,12 @@ def record_scores(
     Causal LMs read P(y_t) at position t − 1 (a private first token has no prefix and is
     skipped); masked LMs need ``mask_token_id`` and mask each private token in turn.
     """
-    layer_ids = list(range(sites.num_layers(model))) if layers is None else list(layers)
+    resolved = sites.Sites(model)
+    layer_ids = list(range(resolved.num_layers)) if layers is None else list(layers)
     private = private_mask.bool().nonzero().flatten().tolist()
-    total = torch.zeros(len(layer_ids), sites.ffn(model, layer_ids[0]).d_ff)
+    total = torch.zeros(len(layer_ids), resolved.ffn(layer_ids[0]).d_ff)
     kwargs = dict(steps=steps, grid="left", variant="standard", batch_size=batch_size)
-    if sites.is_causal(model):
+    if resolved.causal:
         targets = {t - 1: int(input_ids[t]) for t in private if t > 0}
         if targets:
             total += attribution.integrated_gradients(
@@ -145,9 +146,10 @@ def detect_privacy_neurons(
     tokens: per-record attribution, relative threshold, votes, top-z (module docstring)."""
     if input_ids.dim() != 2 or private_mask.shape != input_ids.shape:
         raise ValueError("input_ids and private_mask must both be [N, T]")
+    resolved = sites.Sites(model)
     if layers is None:
-        layers = range(sites.num_layers(model))
-    layer_ids = [sites.ffn(model, layer).layer for layer in layers]
+        layers = range(resolved.num_layers)
+    layer_ids = [resolved.layer(layer) for layer in layers]
     candidates = []
     for ids, private in _unpadded(input_ids, private_mask, attention_mask):
         scores = record_scores(

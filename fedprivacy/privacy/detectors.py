@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedprivacy.privacy.exposure import evaluating, lm_logits, token_nll
+from fedprivacy.lm import IGNORE_INDEX, evaluating, lm_logits, token_nll
 
 
 class PrivacyDetector(Protocol):
@@ -126,7 +126,7 @@ class ModelScoreDetector:
         private_mask: torch.Tensor | None = None,
         texts: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         gaps = []
         with evaluating(self.model), evaluating(self.reference):
             for start in range(0, len(input_ids), self.batch_size):

@@ -40,7 +40,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedprivacy.config import DPConfig
+from fedprivacy.methods.dp_sgd import DPConfig
 from fedprivacy.privacy.exposure import IGNORE_INDEX, lm_logits, token_nll
 
 AccountantState = dict[str, list[float] | list[int]]
@@ -204,7 +204,8 @@ def make_private(
 
     ``data`` is a DataLoader (sample rate q = 1 / len(loader), expected batch = q * |dataset|,
     Poisson-resampled if ``cfg.poisson_sampling``) or a sample rate q, with ``batch_size`` the
-    expected batch size of the batches the caller draws. ``total_steps`` is the number of DP steps
+    expected batch size of the batches the caller draws (Poisson batches at rate q for the
+    accountant to hold: `fedprivacy.methods.dp_sgd` draws them with Opacus' ``DPDataLoader``). ``total_steps`` is the number of DP steps
     planned over the whole run (all rounds); it is needed for ``cfg.target_epsilon``.
     """
     if cfg.max_grad_norm <= 0:
@@ -216,9 +217,7 @@ def make_private(
         sample_rate = 1 / len(data)
         expected_batch = int(len(data.dataset) * sample_rate)
         loader = DPDataLoader.from_data_loader(data) if cfg.poisson_sampling else data
-    else:
-        if cfg.poisson_sampling:
-            raise ValueError("client.dp.poisson_sampling needs a DataLoader to resample, not a sample rate")
+    else:  # the caller draws the batches (with Poisson sampling at this rate, if configured)
         if not batch_size:
             raise ValueError("make_private with a sample rate needs the expected batch_size")
         sample_rate, expected_batch = float(data), batch_size

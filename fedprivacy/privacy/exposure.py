@@ -18,81 +18,19 @@ all have one length), ``secret_ids`` is [N, n], ``candidate_token_ids`` is the a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from scipy.stats import skewnorm
 from torch import nn
+from transformers import DynamicCache
 
 from fedprivacy.data.encoding import left_padded
+from fedprivacy.lm import evaluating, generate_ids, lm_logits, model_device
 
-IGNORE_INDEX = -100
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Run a block in eval mode without gradients, then restore the model's mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's parameters (CPU for a model without any)."""
-    return next(model.parameters(), torch.empty(0)).device
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-row positions 0, 1, ... counted over attended tokens (padding gets 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits [N, T, V] with explicit per-row position ids.
-
-    Left-padded rows then see the positions an unpadded row would (this matters for learned
-    absolute position embeddings such as GPT-2's ``wpe``), and every row carries its own
-    position ids, which Opacus needs for per-sample gradients of those embeddings.
-    """
-    return model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-    ).logits
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """-log p(labels[:, t+1] | tokens <= t) as [N, T-1]; 0 where the label is -100."""
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), targets.clamp(min=0), reduction="none"
-    )
-    return nll * (targets != IGNORE_INDEX)
-
-
-def sequence_perplexity(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Per-sequence perplexity exp(mean_t -log p(y_t | y_<t)) over labels != -100, shape [N].
-
-    A row without any label gives NaN.
-    """
-    out = []
-    device = model_device(model)
-    with evaluating(model):
-        for start in range(0, len(input_ids), batch_size):
-            ids, mask, lab = (t[start : start + batch_size].to(device) for t in (input_ids, attention_mask, labels))
-            nll = token_nll(lm_logits(model, ids, mask), lab)
-            out.append(torch.exp(nll.sum(1) / (lab[:, 1:] != IGNORE_INDEX).sum(1)).cpu())
-    return torch.cat(out)
+# Moved to fedprivacy.lm; re-exported until privacy/dp.py, tests/unit/test_exposure.py and
+# tests/integration/test_swing_model.py import them from there.
+from fedprivacy.lm import IGNORE_INDEX, position_ids, sequence_perplexity, token_nll  # noqa: F401
 
 
 def _alphabet_index(secret_ids: torch.Tensor, candidate_token_ids: torch.Tensor) -> torch.Tensor:
@@ -144,33 +82,129 @@ def _exposure(log2_space: float, rank: torch.Tensor) -> torch.Tensor:
     return log2_space - torch.log2(rank.double())
 
 
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the vocabulary, in float32 or wider (a float64 model stays float64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+
+
+def _cache_rows(cache: object) -> list[tuple[torch.Tensor | None, ...]]:
+    """Per-layer (keys, values, ...) tensors of a DynamicCache, batch first."""
+    if not isinstance(cache, DynamicCache):
+        raise ValueError("exposure_exact walks the candidate tree with the model's KV cache; the "
+                         f"model returned {type(cache).__name__}, not a transformers DynamicCache")
+    return [tuple(layer) for layer in cache]
+
+
+def _extend(
+    model: nn.Module,
+    kv: list[tuple[torch.Tensor | None, ...]],
+    parents: torch.Tensor,
+    tokens: torch.Tensor,
+    length: int,
+) -> tuple[torch.Tensor, object]:
+    """Feed ``tokens[m]`` after cached row ``parents[m]`` (``length`` tokens long).
+
+    Returns the next-token log-probabilities [M, V] and the model's cache of the extended rows.
+    The cached rows are gathered into a new cache, so ``kv`` itself is never modified.
+    """
+    cache = DynamicCache(ddp_cache_data=[(k[parents], v[parents], *rest) for k, v, *rest in kv])
+    rows, device = len(tokens), tokens.device
+    out = model(input_ids=tokens.unsqueeze(1),
+                attention_mask=torch.ones(rows, length + 1, dtype=torch.long, device=device),
+                position_ids=torch.full((rows, 1), length, device=device),
+                past_key_values=cache, use_cache=True)
+    return _log_softmax(out.logits[:, -1]), out.past_key_values
+
+
+def _concat_rows(parts: list[list[tuple[torch.Tensor | None, ...]]]) -> list[tuple[torch.Tensor | None, ...]]:
+    """Concatenate chunked per-layer caches along the batch."""
+    return [tuple(None if pieces[0] is None else torch.cat(pieces) for pieces in zip(*layer))
+            for layer in zip(*parts)]
+
+
+def _candidate_tree(
+    model: nn.Module,
+    prefix: torch.Tensor,
+    length: int,
+    alphabet: torch.Tensor,
+    bound: float,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-perplexity of every candidate string after ``prefix`` whose score is <= ``bound``.
+
+    Walks the prefix tree of A^length breadth-first with the KV cache: the prefix runs once,
+    then each depth feeds one alphabet token per surviving node on its parent's cache, so the
+    model runs 1 + |A| + ... + |A|^(length-1) one-token rows (about 1.11 |R| / |A| for the
+    digits) instead of |A|^(length-1) full sequences. Scores only grow along a path (every term
+    -log p is >= 0), so a node scoring above ``bound`` is cut with its whole subtree: nothing
+    under it can reach the bound. Returns (lexicographic candidate indices, scores in float64).
+    """
+    device = model_device(model)
+    size, alphabet = len(alphabet), alphabet.to(device)
+    ids = prefix.to(device).unsqueeze(0)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                position_ids=torch.arange(ids.shape[1], device=device).unsqueeze(0), use_cache=True)
+    logp = _log_softmax(out.logits[:, -1])[:, alphabet]
+    kv = _cache_rows(out.past_key_values)
+    index = torch.zeros(1, dtype=torch.long, device=device)
+    score = torch.zeros(1, dtype=torch.float64, device=device)
+    for depth in range(1, length + 1):
+        child_score = (score.unsqueeze(1) - logp.double()).flatten()
+        keep = (child_score <= bound).nonzero().flatten()
+        parents, letters = keep // size, keep % size
+        score, index = child_score[keep], index[parents] * size + letters
+        if depth == length:
+            break
+        logps, caches = [], []
+        for start in range(0, len(keep), batch_size):
+            part = slice(start, start + batch_size)
+            step_logp, cache = _extend(model, kv, parents[part], alphabet[letters[part]],
+                                       len(prefix) + depth - 1)
+            logps.append(step_logp[:, alphabet])
+            if depth < length - 1:  # the last level's cache is never extended
+                caches.append(_cache_rows(cache))
+        logp = torch.cat(logps) if logps else logp[:0]
+        kv = _concat_rows(caches) if caches else kv
+    return index.cpu(), score.cpu()
+
+
 def exposure_exact(
     model: nn.Module,
     prefix_ids: Sequence[torch.Tensor],
     secret_ids: torch.Tensor,
     candidate_token_ids: torch.Tensor,
-    batch_size: int = 1024,
+    batch_size: int = 4096,
 ) -> torch.Tensor:
-    """Exposure by scoring every candidate in R = A^n, for each canary: [N] (float64).
+    """Exposure by ranking the secret among every candidate in R = A^n, per canary: [N] (float64).
 
-    Fast path: the |A|^(n-1) strings of length n-1 are run once each; the last position's
-    distribution scores all |A| endings, so the model runs |A|^(n-1) sequences per canary.
-    Practical for |A|^n up to about 10^5.
+    Exact (no sampling, no approximation): the rank counts every candidate whose
+    log-perplexity is <= the secret's, ties against the canary. The candidates are enumerated
+    as a prefix tree with the model's KV cache (:func:`_candidate_tree`), cut at the secret's
+    score: a memorised secret (high exposure) leaves few branches to expand, an unremarkable
+    one costs up to 1.11 |R| / |A| one-token rows (10^6 six-digit candidates: 111,111 rows,
+    ~10-60 s per canary for the tiny LLaMA on 2 busy CPU cores). ``batch_size``: rows per
+    forward pass. Needs a model that returns a transformers ``DynamicCache``.
     """
     n_canaries, n = secret_ids.shape
     size = len(candidate_token_ids)
-    heads = _all_strings(size, n - 1)
-    owner = torch.arange(n_canaries).repeat_interleave(len(heads))
-    heads = heads.repeat(n_canaries, 1)
-    logp = _next_token_logprobs(
-        model, prefix_ids, owner, candidate_token_ids[heads], candidate_token_ids, batch_size
-    )
-    head_score = -logp[:, :-1].gather(2, heads.unsqueeze(-1)).sum((1, 2))
-    table = (head_score.unsqueeze(1) - logp[:, -1]).reshape(n_canaries, size**n)
     secret = _alphabet_index(secret_ids, candidate_token_ids)
-    secret_index = (secret * size ** torch.arange(n - 1, -1, -1)).sum(1, keepdim=True)
-    rank = (table <= table.gather(1, secret_index)).sum(1)
-    return _exposure(n * math.log2(size), rank)
+    secret_index = (secret * size ** torch.arange(n - 1, -1, -1)).sum(1)
+    # the secret's own score, from unpadded full passes: the cut-off for the tree walk (with a
+    # margin for rounding differences between the cached and the full pass)
+    logp = _next_token_logprobs(model, prefix_ids, torch.arange(n_canaries), secret_ids[:, :-1],
+                                candidate_token_ids, batch_size)
+    reference = -logp.gather(2, secret.unsqueeze(-1)).sum((1, 2)).double()
+    ranks = []
+    with evaluating(model):
+        for prefix, target, ref in zip(prefix_ids, secret_index.tolist(), reference.tolist()):
+            prefix = torch.as_tensor(prefix)
+            for bound in (ref + 1e-3 + 1e-4 * abs(ref), math.inf):
+                index, score = _candidate_tree(model, prefix, n, candidate_token_ids, bound, batch_size)
+                hit = (index == target).nonzero().flatten()
+                if len(hit):  # every cut node scores > bound >= the secret's tree score
+                    break
+            ranks.append(int((score <= score[hit[0]]).sum()))
+    return _exposure(n * math.log2(size), torch.tensor(ranks))
 
 
 def exposure_extrapolated(
@@ -234,39 +268,9 @@ def exposure_digitwise(
     return _exposure(n * math.log2(size), rank)
 
 
-def greedy_continuation(
-    model: nn.Module, prefix_ids: Sequence[torch.Tensor], length: int, batch_size: int = 64
-) -> torch.Tensor:
-    """Greedy (argmax) continuation of each prefix by ``length`` tokens, [N, length].
-
-    Prefixes are left-padded into batches and decoded with the model's KV cache.
-    """
-    out = []
-    device = model_device(model)
-    with evaluating(model):
-        for start in range(0, len(prefix_ids), batch_size):
-            ids, mask = (t.to(device) for t in left_padded(prefix_ids[start : start + batch_size], 0))
-            pos = position_ids(mask)
-            step = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            tokens = [step.logits[:, -1].argmax(-1, keepdim=True)]
-            while len(tokens) < length:
-                mask = torch.cat([mask, torch.ones_like(tokens[-1])], 1)
-                pos = pos[:, -1:] + 1
-                step = model(
-                    input_ids=tokens[-1],
-                    attention_mask=mask,
-                    position_ids=pos,
-                    past_key_values=step.past_key_values,
-                    use_cache=True,
-                )
-                tokens.append(step.logits[:, -1].argmax(-1, keepdim=True))
-            out.append(torch.cat(tokens, 1).cpu())
-    return torch.cat(out)
-
-
 def extraction_rate(
     model: nn.Module, prefix_ids: Sequence[torch.Tensor], secret_ids: torch.Tensor, batch_size: int = 64
 ) -> float:
     """Share of canaries whose greedy continuation of the prefix reproduces the secret exactly."""
-    found = greedy_continuation(model, prefix_ids, secret_ids.shape[1], batch_size)
+    found = generate_ids(model, prefix_ids, secret_ids.shape[1], batch_size=batch_size)
     return (found == secret_ids).all(1).float().mean().item()

@@ -17,7 +17,24 @@ from fedprivacy.data.tokenizer import digit_token_ids
 from fedprivacy.privacy.exposure import (exposure_digitwise, exposure_exact,
                                          exposure_extrapolated, extraction_rate)
 
-EXPOSURE_METHODS = ("exact", "extrapolated", "digitwise")
+EXPOSURE_METHODS = ("auto", "exact", "extrapolated", "digitwise")
+
+
+def exposure_method(method: str, alphabet_size: int, digits: int, max_candidates: int) -> str:
+    """The estimator ``evaluation.exposure`` names for a secret space of alphabet_size^digits.
+
+    ``auto`` enumerates the space exactly when it holds at most ``max_candidates`` strings
+    (``evaluation.exposure_max_candidates``) and falls back to the digit-wise approximation,
+    which can under-report by many bits, only for longer secrets.
+    """
+    if method not in EXPOSURE_METHODS:
+        raise ValueError(f"evaluation.exposure: unknown method {method!r}; "
+                         f"choose one of {list(EXPOSURE_METHODS)}")
+    if max_candidates < 1:
+        raise ValueError(f"evaluation.exposure_max_candidates: must be >= 1 (got {max_candidates})")
+    if method != "auto":
+        return method
+    return "exact" if alphabet_size**digits <= max_candidates else "digitwise"
 
 
 def canary_token_ids(tokenizer: PreTrainedTokenizerBase, canary: Canary
@@ -35,20 +52,21 @@ def canary_token_ids(tokenizer: PreTrainedTokenizerBase, canary: Canary
 
 
 def canary_leakage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   canaries: Sequence[Canary], method: str = "digitwise",
-                   num_samples: int = 2000, seed: int = 0) -> dict[str, float | list[float]]:
+                   canaries: Sequence[Canary], method: str = "auto",
+                   num_samples: int = 2000, seed: int = 0,
+                   max_candidates: int = 1_000_000) -> dict[str, float | list[float]]:
     """Exposure of each canary (Carlini et al. 2019), its mean, and the greedy extraction rate.
 
-    ``method``: ``exact`` (all 10^n candidates; n <= 5), ``extrapolated`` (skew-normal fit on
-    ``num_samples`` sampled candidates) or ``digitwise`` (DEPN's digit-by-digit rank).
+    ``method`` (`exposure_method`): ``auto``, ``exact`` (rank among all 10^n candidates),
+    ``extrapolated`` (skew-normal fit on ``num_samples`` sampled candidates) or ``digitwise``
+    (DEPN's digit-by-digit rank: an approximation that under-reports). ``exposure_exact`` is
+    1.0 when the figures come from full enumeration and 0.0 when they are an estimate.
     """
-    if method not in EXPOSURE_METHODS:
-        raise ValueError(f"evaluation.exposure: unknown method {method!r}; "
-                         f"choose one of {list(EXPOSURE_METHODS)}")
     pairs = [canary_token_ids(tokenizer, c) for c in canaries]
     prefixes = [p for p, _ in pairs]
     secrets = torch.stack([s for _, s in pairs])
     digits = torch.tensor(digit_token_ids(tokenizer))
+    method = exposure_method(method, len(digits), secrets.shape[1], max_candidates)
     if method == "exact":
         exposure = exposure_exact(model, prefixes, secrets, digits)
     elif method == "extrapolated":
@@ -57,4 +75,5 @@ def canary_leakage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         exposure = exposure_digitwise(model, prefixes, secrets, digits)
     values = [float(e) for e in exposure]
     return {"exposure": values, "exposure_mean": sum(values) / len(values),
+            "exposure_exact": float(method == "exact"),
             "extraction_rate": extraction_rate(model, prefixes, secrets)}

@@ -14,7 +14,7 @@ pieces below and all their defaults are THIS project's choices, not the paper's:
   epsilon, where Delta_1 = 2 and Delta_2 = sqrt(2) are the largest L1 and L2 distances between
   two probability vectors; ``none`` for no noise. (The classical Gaussian bound is proven for
   epsilon < 1; above it sigma is a heuristic scale.)
-- loss over tokens whose label is not -100, averaged over those tokens:
+- loss over tokens whose label is not IGNORE_INDEX, averaged over those tokens:
   L = (1 - alpha) mean_t w_t CE_t + alpha mean_t T_t^2 KL(q~_t || p_student,t(T_t)), alpha = 0.5,
   with hard-label weights w_t = 1 - p_t when the likelihood is passed (else 1): the hard label of
   a private token would otherwise hand the secret to the student whatever the soft targets.
@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import torch
 
-from fedprivacy.config import SwingConfig
-from fedprivacy.privacy.exposure import IGNORE_INDEX, token_nll
+from fedprivacy.lm import IGNORE_INDEX, token_nll
+from fedprivacy.methods.swing import SwingConfig
 
 L1_SENSITIVITY = 2.0
 L2_SENSITIVITY = math.sqrt(2.0)
@@ -65,6 +65,9 @@ def swing_temperatures(likelihood: torch.Tensor, cfg: SwingConfig) -> torch.Tens
     if likelihood.min() < 0 or likelihood.max() > 1:
         raise ValueError("privacy likelihoods must lie in [0, 1]")
     return TEMPERATURE_MAPS[cfg.temperature_map](likelihood.float(), cfg.t0, cfg.t_max)
+
+
+NOISE_MODELS = ("gaussian", "laplace", "none")  # the noise models `noise_scale` knows
 
 
 def noise_scale(cfg: SwingConfig) -> float:

@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from fedprivacy.config import load_config
-from simulations.runner import run_experiment
+from fedprivacy.simulations.runner import run_experiment
 
 pytestmark = pytest.mark.e2e
 
@@ -95,7 +95,7 @@ def test_resume_continues_after_the_last_checkpoint(run_dir):
 
 def test_killed_run_stops_everything_and_resumes(tmp_path):
     # Prepare: a 3-round run in its own process, as a user starts it
-    cmd = [sys.executable, "-m", "simulations.cli", "run", *FAST, "rounds=3",
+    cmd = [sys.executable, "-m", "fedprivacy.simulations.cli", "run", *FAST, "rounds=3",
            "--out", str(tmp_path), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "metrics.jsonl"

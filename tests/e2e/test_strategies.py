@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedprivacy.config import load_config
-from simulations.runner import run_experiment
+from fedprivacy.simulations.runner import run_experiment
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from simulations.cli import main
+from fedprivacy.simulations.cli import main
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients import client_app
-from clients.job import client_resources
+from fedprivacy.clients import client_app
+from fedprivacy.clients.job import client_resources
 from fedprivacy.config import flatten, load_config
+from fedprivacy.methods.local import KEEP_MODEL_KEY
 from fedprivacy.models import build_model, load_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,8 @@ SMALL = ["model.hidden_size=32", "model.num_layers=2", "train.steps=2", "train.b
 PII = SMALL + ["data.source=pii", "data.pii_records=24", "data.canary.count=2",
                "data.canary.repeats=2", "data.canary.digits=4", "evaluation.privacy=true",
                "client.swing.teacher_steps=2", "client.swing.student_steps=2",
-               "client.depn.top_z=5", "client.depn.steps=4", "client.depn.max_records=2"]
+               "client.kd.teacher_steps=2", "client.kd.student_steps=2",
+               "client.depn.top_z=5", "client.depn.ig_steps=4", "client.depn.max_records=2"]
 
 
 def _setup(overrides, partition=0):
@@ -52,7 +54,7 @@ def _reply_strings(reply):
 @pytest.mark.parametrize("steps", [["sft"], ["dp_sgd"], ["swing"], ["kd"], ["sft", "depn"]])
 def test_each_pipeline_trains_and_reports(steps):
     # Prepare
-    cfg, context, arrays = _setup(PII + [f"client.steps=[{','.join(steps)}]"])
+    cfg, context, arrays = _setup(PII + [f"client.pipeline=[{','.join(steps)}]"])
     # Execute
     reply = client_app.train(_message(arrays), context)
     # Assert
@@ -71,7 +73,7 @@ def test_each_pipeline_trains_and_reports(steps):
 
 def test_dp_epsilon_composes_over_rounds_in_the_context():
     # Prepare
-    _, context, arrays = _setup(PII + ["client.steps=[dp_sgd]"])
+    _, context, arrays = _setup(PII + ["client.pipeline=[dp_sgd]"])
     # Execute
     first = client_app.train(_message(arrays, server_round=1), context).content["metrics"]
     second = client_app.train(_message(arrays, server_round=2), context).content["metrics"]
@@ -83,10 +85,10 @@ def test_dp_epsilon_composes_over_rounds_in_the_context():
 def test_dp_epsilon_after_a_resume_covers_the_earlier_rounds():
     # Prepare: round 2 on a node whose state was lost (a resumed run), and the same round
     # on a node that kept its state from round 1
-    _, kept, arrays = _setup(PII + ["client.steps=[dp_sgd]"])
+    _, kept, arrays = _setup(PII + ["client.pipeline=[dp_sgd]"])
     client_app.train(_message(arrays, server_round=1), kept)
     expected = client_app.train(_message(arrays, server_round=2), kept).content["metrics"]
-    _, fresh, _ = _setup(PII + ["client.steps=[dp_sgd]"])
+    _, fresh, _ = _setup(PII + ["client.pipeline=[dp_sgd]"])
     # Execute
     resumed = client_app.train(_message(arrays, server_round=2), fresh).content["metrics"]
     # Assert
@@ -107,7 +109,7 @@ def test_evaluate_reports_the_privacy_ledger():
 
 def test_no_private_text_leaves_the_client():
     # Prepare
-    cfg, context, arrays = _setup(PII + ["client.steps=[sft,depn]"])
+    cfg, context, arrays = _setup(PII + ["client.pipeline=[sft,depn]"])
     res = client_resources(json.dumps(dict(context.run_config), sort_keys=True), 0, 2)
     secrets = [c.secret for c in res.data.canaries]
     private = [r["prompt"] + r["completion"] for r in res.data.train if r["private_spans"]]
@@ -138,14 +140,55 @@ def test_query_sends_only_the_public_task_description():
 
 
 def test_local_only_client_trains_and_evaluates_its_own_model():
-    # Prepare: a local-only client trains once; then the server sends other (zeroed) weights
+    # Prepare: a local-only client trains once; then the server sends other (zeroed) weights.
+    # The local-only server asks for this with its wire key (the client never reads the
+    # strategy's name)
     _, context, arrays = _setup(SMALL + ["strategy.name=local"])
-    trained = client_app.train(_message(arrays), context).content["arrays"]
+    keep = {KEEP_MODEL_KEY: True}
+    trained = client_app.train(_message(arrays, **keep), context).content["arrays"]
     zeros = ArrayRecord({k: torch.zeros(a.shape) for k, a in arrays.items()})
     # Execute
-    local_eval = client_app.evaluate(_message(zeros, MessageType.EVALUATE), context)
+    local_eval = client_app.evaluate(_message(zeros, MessageType.EVALUATE, **keep), context)
     _, fresh_context, _ = _setup(SMALL)
     direct_eval = client_app.evaluate(_message(trained, MessageType.EVALUATE), fresh_context)
     # Assert: the local-only client ignored the server's weights and used its own model
     assert local_eval.content["metrics"]["eval_loss"] == pytest.approx(
         direct_eval.content["metrics"]["eval_loss"])
+
+
+def test_dp_noise_cannot_be_regenerated_from_the_run_config():
+    # Prepare: the adversary is the server: it knows the run config, the seed, the round and
+    # the partition id, and replays the client's work on a node of its own
+    _, client, arrays = _setup(PII + ["client.pipeline=[dp_sgd]", "client.dp.noise_multiplier=1.0"])
+    _, replay, _ = _setup(PII + ["client.pipeline=[dp_sgd]", "client.dp.noise_multiplier=1.0"])
+    # Execute
+    sent = client_app.train(_message(arrays), client).content["arrays"]
+    guess = client_app.train(_message(arrays), replay).content["arrays"]
+    # Assert: with the same inputs, the noisy update differs (noise from the OS's entropy)
+    assert any(not np.array_equal(sent[k].numpy(), guess[k].numpy()) for k in sent.keys())
+
+
+def test_dp_epsilon_is_accounted_for_the_poisson_sampling_that_runs(monkeypatch):
+    # Prepare: record the batch sizes the client draws
+    from opacus.accountants import RDPAccountant
+
+    from fedprivacy.methods import dp_sgd
+    from fedprivacy.privacy.dp import DPTrainer
+
+    sizes = []
+    step = DPTrainer.step
+    monkeypatch.setattr(DPTrainer, "step", lambda self, b: sizes.append(len(b[0])) or step(self, b))
+    cfg, context, arrays = _setup(PII + ["client.pipeline=[dp_sgd]", "train.steps=12"])
+    n = len(client_resources(json.dumps(dict(context.run_config), sort_keys=True), 0, 2).data.train)
+    # Execute
+    metrics = client_app.train(_message(arrays), context).content["metrics"]
+    # Assert: Poisson batches (sizes vary around B) at q = B/N, the q the accountant and the
+    # preflight use; ε equals a fresh Opacus accountant's for that history
+    q = cfg.train.batch_size / n
+    assert dp_sgd.sample_rate(n, cfg.train.batch_size) == q
+    assert len(sizes) == 12 and len(set(sizes)) > 1
+    state = dict(context.state["dp-accountant"])
+    assert state["sample_rate"] == [pytest.approx(q)] and state["steps"] == [12]
+    reference = RDPAccountant()
+    reference.history = [(cfg.client.dp.noise_multiplier, q, 12)]
+    assert metrics["dp_sgd.epsilon"] == pytest.approx(reference.get_epsilon(cfg.client.dp.delta))

@@ -10,7 +10,7 @@ from fedprivacy import sites
 from fedprivacy.config import ModelConfig
 from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer
 from fedprivacy.privacy.depn import neuron_ids, neurons_by_layer
-from strategies.depn_merge import NEURONS_KEY, NeuronEditMerge
+from fedprivacy.strategies.depn_merge import NEURONS_KEY, NeuronEditMerge
 
 pytestmark = pytest.mark.integration
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -51,4 +51,4 @@ def test_union_of_reported_neurons_is_zeroed_after_averaging():
         keep = [c for c in range(d_ff) if c != column]
         np.testing.assert_allclose(out[down[layer]][:, keep], original[down[layer]][:, keep],
                                    rtol=1e-6)
-    assert merge.round_info[1] == {"depn_union": 2}
+    assert merge.round_record(1)["depn_union"] == 2

@@ -57,7 +57,7 @@ def test_one_private_step_changes_weights(build):
     # Prepare
     model = build()
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    trainer = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader(), DPConfig())
+    trainer = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader(), DPConfig(poisson_sampling=False))
     # Execute
     loss = trainer.step(next(iter(trainer.data_loader)))
     # Assert: every parameter moved (GPT-2's tied wte/lm_head counts once)
@@ -75,7 +75,7 @@ def test_per_sample_clipping_matches_per_example_loop(build):
     model, reference = build(1), build(1)
     data = batch(4, seed=1)
     clip = 0.05
-    cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=clip)
+    cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False)
     trainer = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), 0.5, cfg, batch_size=4)
     params = list(reference.parameters())
     clipped = [torch.zeros_like(p) for p in params]
@@ -100,7 +100,7 @@ def test_per_sample_clipping_matches_per_example_loop(build):
 def test_epsilon_composes_over_rounds_from_exported_state():
     # Prepare: 3 rounds of 2 steps, each round a fresh make_private restored from a ConfigRecord
     model = tiny_llama()
-    cfg = DPConfig(noise_multiplier=1.1)
+    cfg = DPConfig(noise_multiplier=1.1, poisson_sampling=False)
     record = None
     for _ in range(3):
         trainer = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader(8, 2), cfg,

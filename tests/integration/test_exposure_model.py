@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from fedprivacy import lm
 from fedprivacy.privacy import exposure as ex
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,7 @@ def test_batched_greedy_decoding_matches_one_prefix_at_a_time(build):
     # Prepare
     model = build(1).eval()
     # Execute
-    fast = ex.greedy_continuation(model, PREFIXES, length=5, batch_size=2)
+    fast = lm.generate_ids(model, PREFIXES, 5, batch_size=2)
     # Assert: left padding, per-row positions and the KV cache change nothing
     for row, prefix in zip(fast, PREFIXES):
         ids = prefix
@@ -83,7 +84,7 @@ def test_sequence_perplexity_matches_hf_loss_per_row(build):
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     labels = torch.tensor([[-100, -100, -100, 11, 12, 13], [-100, -100, 14, 15, -100, -100]])
     # Execute
-    ppl = ex.sequence_perplexity(model, ids, mask, labels, batch_size=1)
+    ppl = lm.sequence_perplexity(model, ids, mask, labels, batch_size=1)
     # Assert
     with torch.no_grad():
         want = [

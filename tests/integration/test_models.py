@@ -91,3 +91,57 @@ def test_sft_with_weighted_extra_data_adds_the_weighted_loss(tokenizer):
                  extra_weight=0.5)
     # Assert
     assert losses[0] == pytest.approx(expected, rel=1e-5)
+
+
+def _folder_config(folder) -> ModelConfig:
+    return ModelConfig(preset="", name_or_path=str(folder))
+
+
+@pytest.mark.parametrize("load", [load_tokenizer, load_pretrained])
+def test_empty_model_folder_names_key_folder_and_what_is_missing(tmp_path, load):
+    # Execute
+    with pytest.raises(ModelLoadError) as error:
+        load(_folder_config(tmp_path))
+    # Assert
+    message = str(error.value)
+    assert message.startswith(f"model.name_or_path: {tmp_path} is not a saved model folder")
+    assert all(part in message for part in ("no config.json", "no weights", "no tokenizer files"))
+
+
+def test_folder_without_weights_says_so(tokenizer, tmp_path):
+    # Prepare: a config and a tokenizer, but no weights
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2), tokenizer, seed=0)
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    # Execute
+    loaded = load_tokenizer(_folder_config(tmp_path))
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained(_folder_config(tmp_path))
+    # Assert
+    assert len(loaded) == len(tokenizer)
+    assert "no weights" in str(error.value) and "config.json" not in str(error.value)
+
+
+def test_a_path_that_is_no_folder_names_the_key(tmp_path):
+    # Prepare
+    absent, file = tmp_path / "absent", tmp_path / "model.bin"
+    file.write_bytes(b"")
+    for path in (absent, file):
+        # Execute
+        with pytest.raises(ModelLoadError) as error:
+            load_tokenizer(_folder_config(path))
+        # Assert
+        assert str(error.value).startswith(f"model.name_or_path: {path} is not a folder")
+
+
+def test_a_saved_model_and_tokenizer_load_from_their_folder(tokenizer, tmp_path):
+    # Prepare
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2), tokenizer, seed=0)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    # Execute
+    loaded_tok = load_tokenizer(_folder_config(tmp_path))
+    loaded = build_model(_folder_config(tmp_path), loaded_tok, seed=1)
+    # Assert
+    assert loaded_tok("a b")["input_ids"] == tokenizer("a b")["input_ids"]
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())

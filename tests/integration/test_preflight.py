@@ -1,17 +1,30 @@
 """Bad input fails before a run starts, with an error naming the key, and writes nothing."""
 
+import json
+
 import pytest
 from transformers import BloomConfig, BloomForCausalLM
 
-from fedprivacy.config import load_config
-from fedprivacy.models import load_tokenizer
-from fedprivacy.config import ModelConfig
+from fedprivacy.config import ModelConfig, load_config
+from fedprivacy.data.federated import build_client_data
+from fedprivacy.models import ModelLoadError, load_tokenizer
+from fedprivacy.simulations.preflight import client_data
+from fedprivacy.simulations import runner
+from fedprivacy.simulations.runner import run_experiment
 from fedprivacy.sites import UnsupportedArchitectureError
-from simulations.runner import run_experiment
 
 pytestmark = pytest.mark.integration
 SMALL = ["model.hidden_size=32", "model.num_layers=2", "simulation.num_clients=2",
          "data.source=pii", "data.pii_records=10", "data.canary.repeats=1"]
+
+
+@pytest.fixture(autouse=True)
+def _no_simulation(monkeypatch):
+    """A check that misses its bad input fails here at once, not after a whole simulation."""
+    def submit(*args, **kwargs):
+        raise AssertionError("the preflight let bad input through to the simulation")
+
+    monkeypatch.setattr(runner, "submit", submit)
 
 
 def _expect_failure(tmp_path, overrides, error, match):
@@ -31,7 +44,7 @@ def test_depn_on_an_unsupported_architecture(tmp_path):
     tok.save_pretrained(folder)
     # Execute / Assert
     _expect_failure(tmp_path, ["model.preset=", f"model.name_or_path={folder}",
-                               "client.steps=[sft,depn]"],
+                               "client.pipeline=[sft,depn]"],
                     UnsupportedArchitectureError, "BloomForCausalLM")
 
 
@@ -40,5 +53,53 @@ def test_canary_longer_than_the_context(tmp_path):
 
 
 def test_unreachable_epsilon_target(tmp_path):
-    _expect_failure(tmp_path, ["client.steps=[dp_sgd]", "client.dp.target_epsilon=0.0001"],
+    _expect_failure(tmp_path, ["client.pipeline=[dp_sgd]", "client.dp.target_epsilon=0.0001"],
                     ValueError, "client.dp.target_epsilon")
+
+
+def _rows(path, n):
+    path.write_text("".join(json.dumps({"text": f"record {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_a_client_without_validation_records_is_named_even_when_not_the_first(tmp_path):
+    # Prepare: 5 records for 2 clients: client 0 gets 3 (1 for validation), client 1 gets 2 (0)
+    data = _rows(tmp_path / "five.jsonl", 5)
+    # Execute / Assert
+    _expect_failure(tmp_path, ["data.source=files", f"data.path={data}"], ValueError,
+                    r"data.path .*five.jsonl.*clients \[1\] .*client 1: train=2, validation=0")
+
+
+def test_too_few_records_to_partition_name_the_data_path(tmp_path):
+    # Prepare: 1 record for 2 clients
+    data = _rows(tmp_path / "one.jsonl", 1)
+    # Execute / Assert
+    _expect_failure(tmp_path, ["data.source=files", f"data.path={data}"], ValueError,
+                    r"data.path .*one.jsonl.*simulation.num_clients=2")
+
+
+def test_empty_model_folder(tmp_path):
+    # Prepare
+    folder = tmp_path / "empty-model"
+    folder.mkdir()
+    # Execute / Assert
+    _expect_failure(tmp_path, ["model.preset=", f"model.name_or_path={folder}"], ModelLoadError,
+                    "model.name_or_path: .*empty-model.* no config.json")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data.source=tasks", "data.partition=iid", "data.tasks=[sentiment,parity]"],
+    ["data.source=tasks", "data.partition=dirichlet", "data.tasks=[sentiment,parity]"],
+    ["data.source=files"],
+])
+def test_client_data_is_what_each_client_builds(tmp_path, overrides):
+    # Prepare: 3 clients, few records each (the files case reads 30 rows)
+    data = _rows(tmp_path / "rows.jsonl", 30)
+    cfg = load_config(None, ["simulation.num_clients=3", "data.train_per_client=6",
+                             "data.val_per_client=2", "data.test_per_client=2",
+                             f"data.path={data}", *overrides])
+    # Execute
+    built = client_data(cfg)
+    # Assert
+    assert built == [build_client_data(cfg.data, i, 3, cfg.seed) for i in range(3)]
+    assert all(c.train and c.validation for c in built)

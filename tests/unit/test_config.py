@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fedprivacy.config import ConfigError, ExperimentConfig, flatten, load_config, unflatten
+from fedprivacy.config import ConfigError, default_config, flatten, load_config, unflatten
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
     (["model.presett=tiny-llama"], "model.presett"),
     (["rounds=abc"], "rounds"),
     (["data.partition=random"], "data.partition"),
-    (["client.steps=[depn]"], "client.steps"),
-    (["client.steps=[sft,dp_sgd]"], "client.steps"),
+    (["client.pipeline=[depn]"], "client.pipeline"),
+    (["client.pipeline=[sft,dp_sgd]"], "client.pipeline"),
     (["strategy.min_clients=9"], "strategy.min_clients"),
     (["data.source=files", "data.path=/no/such/file.jsonl"], "data.path"),
     (["train.lr=0"], "train.lr"),
@@ -59,7 +59,7 @@ def test_override_without_equals_is_rejected():
 def test_flatten_unflatten_round_trip():
     # Prepare
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
-                      ["rounds=7", "client.steps=[sft,depn]", "client.fail_partitions=[1]",
+                      ["rounds=7", "client.pipeline=[sft,depn]", "client.fail_partitions=[1]",
                        "strategy.fraction_evaluate=0.5", "data.canary.repeats=3"])
     # Execute
     flat = flatten(cfg)
@@ -67,14 +67,14 @@ def test_flatten_unflatten_round_trip():
     # Assert
     assert back == cfg
     assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
-    assert flat["client.steps"] == '["sft", "depn"]'
+    assert flat["client.pipeline"] == '["sft", "depn"]'
 
 
 def test_unflatten_fills_defaults_and_rejects_unknown_keys():
     # Execute
     cfg = unflatten({"rounds": 2})
     # Assert
-    assert cfg.rounds == 2 and cfg.model == ExperimentConfig().model
+    assert cfg.rounds == 2 and cfg.model == default_config().model
     with pytest.raises(ConfigError, match="model.nope"):
         unflatten({"model.nope": 1})
 
@@ -83,7 +83,7 @@ def test_quickstart_yaml_is_the_embedded_default():
     # Execute
     from_file = load_config(ROOT / "configs" / "quickstart.yaml")
     # Assert
-    assert from_file == ExperimentConfig()
+    assert from_file == default_config()
 
 
 def test_pyproject_flower_config_matches_the_schema():
@@ -99,7 +99,7 @@ def test_pyproject_flower_config_matches_the_schema():
                 flat_declared[f"{prefix}{k}"] = v
     walk(declared)
     # Assert
-    assert flat_declared == flatten(ExperimentConfig())
+    assert flat_declared == flatten(default_config())
 
 
 def test_empty_override_is_the_empty_string():
@@ -107,3 +107,67 @@ def test_empty_override_is_the_empty_string():
     cfg = load_config(None, ["model.preset=", "model.name_or_path=/some/folder"])
     # Assert
     assert cfg.model.preset == "" and cfg.model.name_or_path == "/some/folder"
+
+
+@pytest.mark.parametrize("override, key", [
+    (["train.lr=inf"], "train.lr"),
+    (["strategy.round_timeout=nan"], "strategy.round_timeout"),
+    (["client.swing.detector=regex"], "client.swing.detector"),
+    (["client.swing.temperature_map=cubic"], "client.swing.temperature_map"),
+    (["client.swing.t0=0"], "client.swing.t0"),
+    (["client.swing.t_max=-1"], "client.swing.t_max"),
+    (["client.swing.noise=uniform"], "client.swing.noise"),
+    (["client.dp.delta=1.5"], "client.dp.delta"),
+    (["client.dp.max_grad_norm=0"], "client.dp.max_grad_norm"),
+    (["client.dp.poisson_sampling=false"], "client.dp.poisson_sampling"),
+    (["client.kd.temperature=0"], "client.kd.temperature"),
+    (["client.depn.ig_steps=0"], "client.depn.ig_steps"),
+    (["strategy.fewfedweight.client_weighting=max"], "strategy.fewfedweight.client_weighting"),
+    (["strategy.name=fedprox"], "strategy.name"),
+    (["server.eval_source=file"], "server.eval_path"),
+])
+def test_method_settings_are_checked_before_anything_starts(override, key):
+    # Execute: a bad method setting fails in the config, not inside a ClientApp
+    with pytest.raises(ConfigError) as err:
+        load_config(None, override)
+    # Assert
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_swing_noise_none_is_accepted():
+    # Execute: the code supports it, so the schema does
+    cfg = load_config(None, ["client.swing.noise=none"])
+    # Assert
+    assert cfg.client.swing.noise == "none"
+
+
+@pytest.mark.parametrize("override, old, new", [
+    ("client.steps=[sft]", "client.steps", "client.pipeline"),
+    ("client.depn.steps=4", "client.depn.steps", "client.depn.ig_steps"),
+])
+def test_renamed_keys_name_the_new_key(override, old, new, tmp_path):
+    # Execute / Assert: as an override, in a YAML file and in a run_config
+    with pytest.raises(ConfigError, match=f"{old}: renamed to {new}"):
+        load_config(None, [override])
+    key, value = override.split("=")
+    file = tmp_path / "old.yaml"
+    parts = key.split(".")
+    file.write_text("".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parts[:-1]))
+                    + f"{'  ' * (len(parts) - 1)}{parts[-1]}: {value}\n")
+    with pytest.raises(ConfigError, match=f"{old}: renamed to {new}"):
+        load_config(file)
+    with pytest.raises(ConfigError, match=f"{old}: renamed to {new}"):
+        unflatten({key: value})
+
+
+def test_choice_tables_equal_the_code_that_dispatches_on_them():
+    # Prepare: the schema's allowed values are declared in the light method modules; the heavy
+    # modules that dispatch on them must know exactly those names
+    from fedprivacy import aggregation, pseudo
+    from fedprivacy.methods import fewfedweight, swing as swing_method
+    from fedprivacy.privacy import swing
+    # Assert
+    assert set(swing.TEMPERATURE_MAPS) == set(swing_method.TEMPERATURE_MAP_NAMES)
+    assert set(swing.NOISE_MODELS) == set(swing_method.NOISE_MODEL_NAMES)
+    assert set(pseudo.SAMPLE_WEIGHTINGS) == set(fewfedweight.SAMPLE_WEIGHTING_NAMES)
+    assert set(aggregation.CLIENT_WEIGHTINGS) == set(fewfedweight.CLIENT_WEIGHTING_NAMES)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from fedprivacy.data.federated import CanaryConfig, DataConfig, build_client_data, build_eval_data
+from fedprivacy.data.federated import CanaryConfig, DataConfig, build_client_data,
+                                      build_server_data
 from fedprivacy.data.records import record_text
 from fedprivacy.data.tasks import TASKS
 
@@ -122,16 +123,17 @@ def test_files_source_partitions_the_users_file(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["tasks", "pii"])
-def test_eval_data_holds_no_clients_training_record(source):
+def test_server_data_holds_no_clients_record(source):
     # Prepare
     cfg = DataConfig(source=source, tasks=["parity", "larger"], pii_records=20, train_per_client=30,
                      val_per_client=10, test_per_client=5, canary=CanaryConfig(count=1, repeats=2))
 
     # Execute
-    held_out = build_eval_data(cfg, 4, seed=3)
+    held_out = build_server_data(cfg, "auto", "", 40, 4, seed=3)
 
-    # Assert
-    private = set().union(*(_texts(build_client_data(cfg, i, 4, seed=3).train) for i in range(4)))
+    # Assert: no client's record of any split, no PII span
+    private = set().union(*(_texts(c.train + c.validation + c.test) for c in
+                            (build_client_data(cfg, i, 4, seed=3) for i in range(4))))
     assert held_out and not _texts(held_out) & private
     assert all(r["private_spans"] == [] for r in held_out)
     if source == "tasks":

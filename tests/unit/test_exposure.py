@@ -7,13 +7,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from fedprivacy.data.encoding import left_padded
+from fedprivacy.lm import position_ids, sequence_perplexity
 from fedprivacy.privacy import exposure as ex
+from fedprivacy.privacy.ledger import exposure_method
 
 pytestmark = pytest.mark.unit
 
 DIGITS = torch.arange(10, 20)
+
+
+def toy_cache(past: DynamicCache | None, input_ids: torch.Tensor) -> DynamicCache:
+    """A real KV cache holding one zero key/value per token (the toy models need no state)."""
+    cache = past if past is not None else DynamicCache()
+    zeros = torch.zeros(input_ids.shape[0], 1, input_ids.shape[1], 1)
+    cache.update(zeros, zeros, 0)
+    return cache
 
 
 class Bigram(nn.Module):
@@ -23,8 +34,9 @@ class Bigram(nn.Module):
         super().__init__()
         self.table = table
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
-        return SimpleNamespace(logits=self.table[input_ids], past_key_values=None)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, **_):
+        return SimpleNamespace(logits=self.table[input_ids],
+                               past_key_values=toy_cache(past_key_values, input_ids))
 
 
 class Positional(nn.Module):
@@ -34,8 +46,9 @@ class Positional(nn.Module):
         super().__init__()
         self.table = table
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
-        return SimpleNamespace(logits=self.table[position_ids], past_key_values=None)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, **_):
+        return SimpleNamespace(logits=self.table[position_ids],
+                               past_key_values=toy_cache(past_key_values, input_ids))
 
 
 def slow_exact_exposure(model, prefix, secret, alphabet):
@@ -146,7 +159,7 @@ def test_sequence_perplexity_and_token_nll_match_manual_computation():
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     labels = torch.tensor([[-100, 5, -100, 9], [-100, 3, -100, -100]])
     # Execute
-    ppl = ex.sequence_perplexity(model, ids, mask, labels, batch_size=1)
+    ppl = sequence_perplexity(model, ids, mask, labels, batch_size=1)
     # Assert
     logp = model.table.log_softmax(-1)
     row0 = -(logp[1, 5] + logp[7, 9]) / 2
@@ -159,7 +172,7 @@ def test_left_pad_and_positions():
     seqs = [torch.tensor([4, 5, 6]), torch.tensor([7])]
     # Execute
     ids, mask = left_padded(seqs, 0)
-    pos = ex.position_ids(mask)
+    pos = position_ids(mask)
     # Assert
     assert ids.tolist() == [[4, 5, 6], [0, 0, 7]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
@@ -178,3 +191,68 @@ def test_extraction_rate_counts_exact_greedy_reproductions():
     rate = ex.extraction_rate(model, prefixes, secrets)
     # Assert
     assert rate == pytest.approx(0.5)
+
+
+def confident_after_runner_up_table(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bigram table where digit-wise exposure misses a memorised secret, and that secret.
+
+    After the prefix, digit 10 is a hair more likely than the secret's first digit 11; after
+    10 every digit is equally likely, while 11 -> 12 -> 13 ... is near-certain. The secret
+    11 12 13 ... is the single most likely candidate (rank 1), but digit-wise it ranks
+    1 + 1 * 10^(n-1), behind every string starting with 10.
+    """
+    table = torch.full((24, 24), -30.0)
+    table[:, DIGITS] = 0.0
+    table[1, 10], table[1, 11] = 10.0, 9.9
+    for a in range(11, 11 + n - 1):
+        table[a, a + 1] = 30.0
+    return table, torch.arange(11, 11 + n).unsqueeze(0)
+
+
+def test_digitwise_under_reports_a_memorised_secret():
+    # Prepare
+    n = 4
+    table, secret = confident_after_runner_up_table(n)
+    model, prefixes = Bigram(table), [torch.tensor([1])]
+    # Execute
+    exact = ex.exposure_exact(model, prefixes, secret, DIGITS).item()
+    digitwise = ex.exposure_digitwise(model, prefixes, secret, DIGITS).item()
+    # Assert: exact = log2 10^4 (rank 1 of 10^4, 13.3 bits); digit-wise rank 1001 (3.3 bits)
+    assert exact == pytest.approx(n * math.log2(10))
+    assert digitwise == pytest.approx(n * math.log2(10) - math.log2(1 + 10 ** (n - 1)))
+    assert exact - digitwise > 9.9
+
+
+def test_exact_with_candidate_tree_cut_matches_full_enumeration():
+    # Prepare: a peaked random bigram table (many branches score above the secrets)
+    torch.manual_seed(5)
+    model = Bigram(torch.randn(24, 24) * 4)
+    prefixes = [torch.tensor([1, 2]), torch.tensor([3])]
+    secrets = torch.tensor([[11, 12, 13, 14], [19, 10, 15, 15]])
+    # Execute
+    cut = ex.exposure_exact(model, prefixes, secrets, DIGITS, batch_size=7)
+    full = [slow_exact_exposure(model, p, s, DIGITS) for p, s in zip(prefixes, secrets)]
+    # Assert
+    assert cut.tolist() == pytest.approx(full, abs=1e-9)
+
+
+@pytest.mark.parametrize(("method", "digits", "max_candidates", "chosen"), [
+    ("auto", 6, 10**6, "exact"),
+    ("auto", 7, 10**6, "digitwise"),
+    ("auto", 5, 10**5, "exact"),
+    ("auto", 6, 10**6 - 1, "digitwise"),
+    ("digitwise", 3, 10**6, "digitwise"),
+    ("exact", 8, 10, "exact"),
+    ("extrapolated", 4, 10**6, "extrapolated"),
+])
+def test_auto_exposure_enumerates_whenever_the_space_fits(method, digits, max_candidates, chosen):
+    # Execute / Assert
+    assert exposure_method(method, 10, digits, max_candidates) == chosen
+
+
+def test_exposure_settings_are_checked_naming_the_key():
+    # Execute / Assert
+    with pytest.raises(ValueError, match="evaluation.exposure:"):
+        exposure_method("rankwise", 10, 4, 10**6)
+    with pytest.raises(ValueError, match="evaluation.exposure_max_candidates"):
+        exposure_method("auto", 10, 4, 0)

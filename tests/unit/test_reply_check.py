@@ -6,7 +6,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies.guarded import GuardedStrategy, aggregate_client_metrics
+from fedprivacy.strategies.guarded import GuardedStrategy, aggregate_client_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -110,6 +110,6 @@ def test_error_summary_keeps_the_exception_message():
               "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException "
               "occurred. Message: injected failure on partition 2'>")
     # Execute
-    from strategies.reply_check import error_summary
+    from fedprivacy.strategies.reply_check import error_summary
     # Assert
     assert error_summary(reason) == "injected failure on partition 2"

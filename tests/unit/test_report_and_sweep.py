@@ -6,7 +6,7 @@ import pytest
 
 from fedprivacy.config import ConfigError
 from fedprivacy.report import RunFolder, flatten_dict, summary_markdown
-from simulations.sweep import aggregate, load_sweep, results_markdown, write_results
+from fedprivacy.simulations.sweep import aggregate, load_sweep, results_markdown, write_results
 
 pytestmark = pytest.mark.unit
 
@@ -94,11 +94,12 @@ def test_improvement_over_baseline_counts_tasks_and_rates():
             {"variant": "f", "seed": 0, "tasks.a": 0.7, "tasks.b": 0.6},
             {"variant": "f", "seed": 1, "tasks.a": 0.8, "tasks.b": 0.6}]
     # Execute
-    from simulations.sweep import improvement, improvement_markdown
+    from fedprivacy.simulations.sweep import improvement, improvement_markdown
     table = improvement(rows, "local")
     # Assert
     assert table["f"]["tasks"]["a"] == pytest.approx(0.75)
     assert table["f"]["improved_share"] == 0.5
-    assert table["f"]["improvement_rate"] == pytest.approx(((0.75 - 0.5) / 0.5 + (0.6 - 0.8) / 0.8) / 2)
+    assert table["f"]["improvement_rate"] == pytest.approx(
+        ((0.75 - 0.5) / 0.5 + (0.6 - 0.8) / 0.8) / 2)
     assert table["local"]["improvement_rate"] == 0.0
     assert "| f | 0.750 | 0.600 | 0.675 | 50% | +12.5% |" in improvement_markdown(table, "local")

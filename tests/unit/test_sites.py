@@ -182,3 +182,92 @@ def test_resid_stream_of_tensor_and_tuple_outputs():
     assert from_tensor is hidden and from_tuple is hidden
     assert replaced_tuple[0] is new and replaced_tuple[1] is extra
     assert replaced_tensor is new
+
+
+def hook_counts(model: nn.Module) -> int:
+    """Forward and forward-pre hooks registered anywhere in ``model``."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["llama", "opt"])
+def test_hooked_removes_its_hooks_on_exit_and_on_exception(name):
+    # Prepare
+    model = skeleton(name, True)
+    hooks = {"resid.1": lambda h: None, "ffn.0": lambda a: None, "ffn.-1": lambda a: None}
+
+    # Execute
+    with sites.hooked(model, hooks) as resolved:
+        inside = hook_counts(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with sites.hooked(model, hooks):
+            raise RuntimeError("boom")
+
+    # Assert: OPT's flat FFN also records the block's input shape
+    assert inside == (5 if name == "opt" else 3)
+    assert hook_counts(model) == 0
+    assert resolved.num_layers == LAYERS
+
+
+def test_bad_site_name_is_rejected_before_any_hook_is_placed():
+    # Prepare
+    model = skeleton("llama", True)
+
+    # Execute / Assert
+    for bad in ("mlp.1", "resid", "resid.x", "ffn.1.2"):
+        with pytest.raises(ValueError, match=r"ffn\.<layer>, resid\.<layer>"):
+            with sites.hooked(model, {"ffn.0": lambda a: None, bad: lambda a: None}):
+                pass
+    with pytest.raises(IndexError, match="3 layers"):
+        sites.Sites(model).site(f"resid.{LAYERS}")
+    assert hook_counts(model) == 0
+
+
+def test_sites_resolves_the_model_once(monkeypatch):
+    # Prepare
+    model = skeleton("gpt2", True)
+    calls = []
+    original = sites.family
+    monkeypatch.setattr(sites, "family", lambda m: calls.append(m) or original(m))
+
+    # Execute
+    resolved = sites.Sites(model)
+    found = [resolved.ffn(layer).module for layer in range(LAYERS)]
+    streams = [resolved.site(f"resid.{layer}").module for layer in range(LAYERS)]
+
+    # Assert
+    assert len(calls) == 1
+    block_list = model.get_submodule("transformer.h")
+    assert found == [block.get_submodule("mlp.c_proj") for block in block_list]
+    assert streams == list(block_list)
+    assert resolved.d_ff == D_FF and resolved.causal
+
+
+class TupleBlock(nn.Module):
+    """A block that returns (hidden, extra), like older HF decoder layers."""
+
+    def forward(self, hidden):
+        return hidden * 2, "extra"
+
+
+@pytest.mark.parametrize("tuple_output", [True, False], ids=["tuple", "tensor"])
+def test_resid_hook_sees_and_replaces_the_block_output(tuple_output):
+    # Prepare
+    block = TupleBlock() if tuple_output else nn.Identity()
+    model = nest("model.layers", nn.ModuleList([block]))
+    model.config = SimpleNamespace(model_type="llama")
+    hidden = torch.ones(2, 3, D)
+    seen = []
+
+    # Execute
+    with sites.hooked(model, {"resid.0": lambda h: seen.append(h.clone()) or h + 1}):
+        patched = block(hidden)
+    plain = block(hidden)
+
+    # Assert
+    scale = 2 if tuple_output else 1
+    assert len(seen) == 1 and torch.equal(seen[0], hidden * scale)
+    patched_hidden = patched[0] if tuple_output else patched
+    assert torch.equal(patched_hidden, hidden * scale + 1)
+    if tuple_output:
+        assert patched[1] == "extra"
+    assert torch.equal(plain[0] if tuple_output else plain, hidden * scale)

@@ -1,0 +1,92 @@
+"""``depn``: privacy neurons found by integrated gradients and zeroed (METHODS.md §4).
+
+Client: after local training, detect the privacy neurons of the client's private records and
+zero them before the update leaves; declare their ids (``depn.neurons``: layer·d_ff + index,
+metadata about the model, no data). Server: `NeuronEditMerge` zeroes the union of the declared
+neurons in the aggregate (averaging would bring a zeroed column back to (n−1)/n of its size;
+the project's choice, DEPN itself is centralised), and the saved global model records exactly
+the last round's union (`finish`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedprivacy.methods.registry import Method, check, register
+
+NEURONS_KEY = "depn.neurons"  # train-reply metric: the zeroed neurons' flat ids
+UNION_KEY = "depn_neurons"  # per-round server record: the union zeroed in the aggregate
+
+
+@dataclass
+class DEPNConfig:
+    """DEPN settings (``client.depn``)."""
+
+    top_z: int = field(default=20, metadata={"help": "neurons zeroed (the most voted z)"})
+    ig_steps: int = field(default=20, metadata={"help": "integrated-gradients steps m"})
+    threshold_ratio: float = field(default=0.1, metadata={
+        "help": "per-record candidates: attribution >= ratio x the record's maximum"})
+    max_records: int = field(default=16, metadata={
+        "help": "private records used for detection per round"})
+
+    def validate(self) -> None:
+        check(self.top_z >= 1, "top_z", "must be >= 1", self.top_z)
+        check(self.ig_steps >= 1, "ig_steps", "must be >= 1", self.ig_steps)
+        check(0 <= self.threshold_ratio <= 1, "threshold_ratio", "must be in [0, 1]",
+              self.threshold_ratio)
+        check(self.max_records >= 1, "max_records", "must be >= 1", self.max_records)
+
+
+def depn_step(job: Any) -> dict[str, float | list[int]]:
+    """Detect privacy neurons on the client's private records and zero them before sending."""
+    import torch
+
+    from fedprivacy import sites
+    from fedprivacy.privacy.depn import depn, neuron_ids
+
+    settings: DEPNConfig = job.settings(METHOD)
+    data = job.res.train_set
+    rows = torch.nonzero(data["private_mask"].any(dim=1)).flatten()
+    if len(rows) == 0:
+        return {"edited": 0.0, "records": 0.0, "neurons": []}
+    # identical private records (a canary repeated k times) vote once each
+    unique: dict[tuple[int, ...], int] = {}
+    for row in rows.tolist():
+        unique.setdefault(tuple(data["input_ids"][row].tolist()), row)
+    chosen = torch.tensor(list(unique.values())[:settings.max_records])
+    device = next(job.model.parameters()).device
+    batch = {k: data[k][chosen].to(device) for k in ("input_ids", "private_mask", "attention_mask")}
+    _, neurons = depn(job.model, batch["input_ids"], batch["private_mask"], top_z=settings.top_z,
+                      attention_mask=batch["attention_mask"], steps=settings.ig_steps,
+                      threshold_ratio=settings.threshold_ratio)
+    return {"edited": float(len(neurons.neurons)), "records": float(len(chosen)),
+            "neurons": neuron_ids(neurons.neurons, sites.ffn_dim(job.model))}
+
+
+def depn_finish(model: Any, rounds: list[dict]) -> None:
+    """Zero the last round's union in the saved model, so that its edit record (one entry,
+    `fedprivacy.editing`) describes exactly the zeroed columns its weights carry."""
+    from fedprivacy import sites
+    from fedprivacy.editing import scale_neurons
+    from fedprivacy.privacy.depn import neurons_by_layer
+
+    last = next((r for r in reversed(rounds) if r.get("round", 0) > 0), None)
+    ids = (last or {}).get("strategy", {}).get(UNION_KEY, [])
+    if ids:
+        scale_neurons(model, neurons_by_layer(ids, sites.ffn_dim(model)), 0.0)
+
+
+def depn_preflight(cfg: Any, probe: Any) -> None:
+    """DEPN needs the FFN site table of the model's architecture."""
+    from fedprivacy import sites
+
+    sites.family(probe.model)  # UnsupportedArchitectureError names the model class
+
+
+METHOD = register(Method(
+    name="depn", kind="post",
+    help="DEPN: zero the privacy neurons (integrated gradients) before the update leaves",
+    settings=DEPNConfig, client_step=depn_step,
+    server="fedprivacy.strategies.depn_merge:wrap", finish=depn_finish,
+    preflight=depn_preflight, wire_keys=(NEURONS_KEY,)))

@@ -1,0 +1,22 @@
+"""Record keys that both sides of the wire use, defined once (Flower's pattern of sharing
+``KEY_CLIPPING_NORM`` between a strategy wrapper and its client mod).
+
+Keys that belong to one method are defined in that method's module
+(`fedprivacy.methods`); the ones here belong to the framework's own protocol.
+"""
+
+ARRAYS = "arrays"  # the model's weights (ArrayRecord)
+METRICS = "metrics"  # a reply's MetricRecord
+CONFIG = "config"  # a message's ConfigRecord
+TASK = "task"  # a query reply's ConfigRecord: the task's public description
+
+NUM_EXAMPLES = "num-examples"  # reply metric: records behind the reply (aggregation weight)
+PARTITION_ID = "partition-id"  # reply metric: which client answered
+SECONDS = "seconds"  # reply metric: the client's wall time for the message
+SERVER_ROUND = "server-round"  # message config: the round (FedAvg writes it)
+NUM_ROUNDS = "num-rounds"  # message config: the run's planned rounds
+DEADLINE = "deadline"  # message config: wall-clock time (UNIX s) the client must reply by
+
+CLIENT_SCORES = "client-scores"  # train config: also score the client's own model after training
+SCORE = "val_score"  # reply metric: the client model's validation score (higher is better)
+TEST_SCORE = "test_score"  # reply metric: the client model's test-split score
