@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.fedprivacy-installed
 
-.PHONY: demo test test-fast test-e2e bench clean
+.PHONY: demo test test-fast test-e2e lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)          ## the quickstart experiment on the embedded default
 	$(BIN)/fedprivacy run configs/quickstart.yaml
 
-test: $(STAMP)          ## the whole suite: unit, integration, end to end
+test: $(STAMP)          ## lint, then the whole suite: unit, integration, end to end
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)     ## the fast tier: unit tests (~15 s)
 	$(BIN)/python -m pytest -m unit -q
+
+lint: $(STAMP)          ## ruff (the rules in pyproject.toml)
+	$(BIN)/ruff check .
 
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e
@@ -33,6 +37,7 @@ bench: $(STAMP)          ## every benchmark; each appends its figures to BENCHMA
 	$(BIN)/python bench/bench_attribution.py --write
 	$(BIN)/python bench/bench_aggregation.py --write
 	$(BIN)/python bench/bench_dp.py --write
+	$(BIN)/python bench/bench_client_import.py --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from record import append_result
 
 from fedprivacy.aggregation import StreamingAverage, array_view
-from record import append_result
 from fedprivacy.pseudo import generate_pseudo_samples
 
 ROOT = Path(__file__).resolve().parents[1]

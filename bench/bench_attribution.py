@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import transformers as tf
 from captum.attr import IntegratedGradients
+from record import append_result
 
 from fedprivacy import attribution, sites
-from record import append_result
 from fedprivacy.privacy import depn
 
 SECTION = "## FFN integrated gradients and DEPN (bench/bench_attribution.py)"

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 from bench_aggregation import PeakRSS
+from record import append_result
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from record import append_result
-
+from fedprivacy.lm import lm_logits
 from fedprivacy.privacy.dp import DPConfig, make_private, sequence_losses
-from fedprivacy.privacy.exposure import lm_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 

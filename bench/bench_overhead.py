@@ -27,9 +27,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from record import append_result  # noqa: E402
+
 from fedprivacy.config import load_config  # noqa: E402
 from fedprivacy.simulations.runner import run_experiment, submit, write_app  # noqa: E402
-from record import append_result  # noqa: E402
 
 
 class PeakRSS:

@@ -6,7 +6,7 @@ import os
 import platform
 import shlex
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ def append_result(section: str, table: str, path: Path = BENCHMARKS) -> None:
     """Add one dated entry (command, machine, load, table) at the end of ``## section``."""
     script = Path(sys.argv[0]).resolve().relative_to(BENCHMARKS.parent)
     command = shlex.join(["python", str(script), *sys.argv[1:]])
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     entry = (f"\n### {stamp}\n\n`{command}`\n\n{platform.machine()}, {os.cpu_count()} CPUs, "
              f"load average {load}, torch {torch.__version__}\n\n{table}\n")

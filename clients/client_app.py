@@ -16,6 +16,7 @@ from fedprivacy import wire
 from fedprivacy.clients.evaluate import client_model_scores, evaluate_job
 from fedprivacy.clients.job import ClientJob, resources_of
 from fedprivacy.clients.pipeline import run_pipeline
+from fedprivacy.deadline import deadline
 from fedprivacy.models import cpu_state_dict
 
 app = ClientApp()
@@ -28,7 +29,8 @@ def train(msg: Message, context: Context) -> Message:
     if job.partition_id in job.cfg.client.fail_partitions:
         raise RuntimeError(f"injected failure on partition {job.partition_id} "
                            "(client.fail_partitions)")
-    metrics = run_pipeline(job)
+    with deadline(job.config.get(wire.DEADLINE), _step_delay(job)):
+        metrics = run_pipeline(job)
     if job.keeps_own_model:
         job.keep_own_model()
     if job.cfg.evaluation.client_model_scores or job.config.get(wire.CLIENT_SCORES, False):
@@ -38,6 +40,14 @@ def train(msg: Message, context: Context) -> Message:
                     wire.SECONDS: time.perf_counter() - started})
     return Message(RecordDict({wire.ARRAYS: ArrayRecord(cpu_state_dict(job.model)),
                                wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _step_delay(job: ClientJob) -> float:
+    """Fault injection: seconds a straggling partition sleeps at every optimizer step."""
+    c = job.cfg.client
+    slow = job.partition_id in c.slow_partitions and (
+        not c.slow_rounds or job.server_round in c.slow_rounds)
+    return c.slow_step_seconds if slow else 0.0
 
 
 @app.evaluate()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fedprivacy.clients.job import ClientJob
 from fedprivacy import wire
+from fedprivacy.clients.job import ClientJob
 from fedprivacy.evaluation import evaluate_loss, perplexity, task_accuracy
 from fedprivacy.privacy.ledger import canary_leakage
 

@@ -59,7 +59,12 @@ class ClientConfig:
     section here (``client.<section>``; `fedprivacy.methods`)."""
 
     pipeline: list[str] = field(default_factory=lambda: ["sft"])
-    fail_partitions: list[int] = field(default_factory=list)  # fault injection for tests
+    # fault injection for tests: these partitions raise in training / straggle (they sleep
+    # slow_step_seconds at every optimizer step, in slow_rounds, or every round when empty)
+    fail_partitions: list[int] = field(default_factory=list)
+    slow_partitions: list[int] = field(default_factory=list)
+    slow_rounds: list[int] = field(default_factory=list)
+    slow_step_seconds: float = 0.0
 
 
 @dataclass
@@ -81,6 +86,8 @@ class ServerConfig:
     eval_source: ``auto`` (``tasks`` when ``data.source=tasks``, else ``public``), ``tasks``
     (examples of the configured tasks generated with the server's own seed), ``public``
     (generated PII-free sentences), ``file`` (``eval_path``, a file only the server reads).
+    The generated sets hold no PII and no canary; they come from the same public templates
+    as the clients' PII-free text, so a sentence can coincide with one by chance.
     """
 
     eval_source: str = "auto"
@@ -106,7 +113,9 @@ class EvaluationConfig:
     # auto: exact enumeration when the secret space has at most exposure_max_candidates
     # strings, else the digit-wise approximation; or force exact | extrapolated | digitwise
     exposure: str = "auto"  # one of EXPOSURE_ESTIMATORS
-    exposure_max_candidates: int = 1_000_000
+    # exact enumeration up to this many candidate secrets; the rule: the largest |A|^n whose
+    # worst case (an untrained model, nothing pruned) stays under ~10 s per canary on 2 cores
+    exposure_max_candidates: int = 100_000
     exposure_samples: int = 2000  # candidates sampled by the extrapolated estimator
     # clients also score their own model after local training (validation and test split);
     # FewFedWeight always gets the validation score it weighs clients by
@@ -204,9 +213,12 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if cfg.server.eval_source == "file":
         _require(bool(cfg.server.eval_path), "server.eval_path",
                  "must name a file when server.eval_source=file", cfg.server.eval_path)
-    for pid in cfg.client.fail_partitions:
-        _require(0 <= pid < cfg.simulation.num_clients, "client.fail_partitions",
-                 "partition ids must be in [0, num_clients)", pid)
+    for key in ("client.fail_partitions", "client.slow_partitions"):
+        for pid in _get(cfg, key):
+            _require(0 <= pid < cfg.simulation.num_clients, key,
+                     "partition ids must be in [0, num_clients)", pid)
+    _require(cfg.client.slow_step_seconds >= 0, "client.slow_step_seconds", "must be >= 0",
+             cfg.client.slow_step_seconds)
     return cfg
 
 

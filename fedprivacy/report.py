@@ -8,10 +8,11 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -119,8 +120,15 @@ class RunFolder:
 
     # --- per-round metrics --------------------------------------------------------------
     def append_round(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        """Append one record line; a torn last line (a kill in mid-append) is cut off first."""
+        with self.metrics_path.open("ab+") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end:
+                fh.seek(end - 1)
+                if fh.read(1) != b"\n":  # rare: read it all, keep up to the last full line
+                    fh.seek(0)
+                    fh.truncate(fh.read().rfind(b"\n") + 1)
+            fh.write((json.dumps(record, sort_keys=True) + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -151,16 +159,11 @@ class RunFolder:
 
     def recover(self) -> None:
         """Append the checkpoint's round record if ``metrics.jsonl`` lacks it (a kill between
-        the two writes of `save_round`); a torn last line is cut off first. Idempotent."""
+        the two writes of `save_round`). Idempotent."""
         state = self._checkpoint_state()
         record = state.get("record") if state else None
         if record is None or int(record["round"]) in {int(r["round"]) for r in self.rounds()}:
             return
-        if self.metrics_path.is_file():
-            text = self.metrics_path.read_bytes()
-            if text and not text.endswith(b"\n"):
-                with self.metrics_path.open("r+b") as fh:
-                    fh.truncate(text.rfind(b"\n") + 1)
         self.append_round(record)
 
     # --- checkpoints --------------------------------------------------------------------

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from fedprivacy.config import TrainConfig
 from fedprivacy.data.encoding import iterate_batches
+from fedprivacy.deadline import checkpoint
 from fedprivacy.pseudo import weighted_lm_loss
 
 Batch = dict[str, torch.Tensor]
@@ -52,6 +53,7 @@ def train_loop(model: PreTrainedModel, batches: Iterator[Batch], steps: int,
     device = next(model.parameters()).device
     losses: list[float] = []
     for step in range(steps):
+        checkpoint()  # the round's deadline (fedprivacy.deadline)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, to_device(next(batches), device))
         if not math.isfinite(loss.item()):

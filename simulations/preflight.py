@@ -19,13 +19,12 @@ from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import (
     ClientData,
     DataConfig,
-    _pool,
-    _split_by_ratio,
     build_client_data,
     build_server_data,
+    is_pooled,
+    pooled_client_data,
 )
 from fedprivacy.data.loaders import check_file
-from fedprivacy.data.partition import partition_records
 from fedprivacy.methods import registry
 from fedprivacy.models import build_model, load_tokenizer, resolve_device
 
@@ -67,8 +66,8 @@ def check_split_sizes(cfg: ExperimentConfig, clients: list[ClientData]) -> None:
         f"{_source_key(d)}: too few records for simulation.num_clients={num}{pool}: clients "
         f"{short} get no training or no validation record ({got}; each client's part is split "
         f"in the ratio train:validation:test = {d.train_per_client}:{d.val_per_client}:"
-        f"{d.test_per_client}). Give more records, fewer clients or a larger "
-        "data.val_per_client")
+        f"{d.test_per_client}, from data.train_per_client, data.val_per_client and "
+        "data.test_per_client). Give more records or fewer clients, or change that ratio")
 
 
 def client_data(cfg: ExperimentConfig) -> list[ClientData]:
@@ -81,15 +80,14 @@ def client_data(cfg: ExperimentConfig) -> list[ClientData]:
     """
     d, num, seed = cfg.data, cfg.simulation.num_clients, cfg.seed
     try:
-        if d.source == "pii" or (d.source == "tasks" and d.partition == "by_task"):
+        if not is_pooled(d):
             return [build_client_data(d, 0, num, seed)]
-        parts = partition_records(_pool(d, num, seed), num, d.partition, seed, d.dirichlet_alpha)
+        return pooled_client_data(d, num, seed)
     except ValueError as err:
         if str(err).startswith("data."):
             raise
         raise ValueError(f"{_source_key(d)}: cannot split the data across "
                          f"simulation.num_clients={num}: {err}") from err
-    return [ClientData(*_split_by_ratio(part, d)) for part in parts]
 
 
 @dataclass

@@ -21,8 +21,13 @@ from flwr.serverapp.strategy import Strategy
 
 from fedprivacy import wire
 from fedprivacy.strategies.query import query_nodes
-from fedprivacy.strategies.reply_check import (ArraySpec, array_spec, check_reply, majority_keys,
-                                               metric_keys)
+from fedprivacy.strategies.reply_check import (
+    ArraySpec,
+    array_spec,
+    check_reply,
+    majority_keys,
+    metric_keys,
+)
 from fedprivacy.strategies.wrapper import StrategyWrapper
 
 
@@ -57,14 +62,18 @@ class GuardedStrategy(StrategyWrapper):
     counting where it stopped). Valid replies reach the wrapped strategy in partition order,
     so the float sums of an aggregation do not depend on arrival order (same seed, same
     bits). Every drop names the client's partition: nodes are asked for theirs up front.
-    ``query_timeout`` bounds that question (seconds).
+    ``query_timeout`` bounds that question (seconds). With ``round_timeout`` (seconds, the
+    timeout the run gives `start`) every train message carries the round's deadline
+    (``wire.DEADLINE``), at which a straggling client stops (`fedprivacy.deadline`).
     """
 
     def __init__(self, inner: Strategy, weight_key: str = wire.NUM_EXAMPLES,
-                 round_offset: int = 0, query_timeout: float = 60.0) -> None:
+                 round_offset: int = 0, query_timeout: float = 60.0,
+                 round_timeout: float | None = None) -> None:
         super().__init__(inner)
         self.weight_key = weight_key
         self.query_timeout = query_timeout
+        self.round_timeout = round_timeout
         self.round_offset = round_offset
         self.rounds: dict[int, RoundLog] = {}
         self._spec: ArraySpec = {}
@@ -84,9 +93,14 @@ class GuardedStrategy(StrategyWrapper):
                         grid: Grid) -> Iterable[Message]:
         self.round_log(server_round).started = time.time()
         self._spec = array_spec(arrays)
+        nodes = list(grid.get_node_ids())
+        self._learn_partitions(grid, nodes)
         self._sent = list(self.inner.configure_train(server_round + self.round_offset, arrays,
                                                      config, grid))
-        self._learn_partitions(grid, [m.metadata.dst_node_id for m in self._sent])
+        if self.round_timeout is not None:  # the clients stop their local work then
+            ends = time.time() + self.round_timeout
+            for msg in self._sent:
+                msg.content[wire.CONFIG][wire.DEADLINE] = ends
         return self._sent
 
     def _learn_partitions(self, grid: Grid, nodes: list[int]) -> None:

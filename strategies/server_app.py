@@ -76,7 +76,8 @@ class ServerRun:
             log(INFO, "[fedprivacy] resuming %s after round %d", self.folder.path, done)
         inner = make_strategy(cfg, self.global_model)
         self.strategy = GuardedStrategy(inner, round_offset=done,
-                                        query_timeout=cfg.strategy.round_timeout)
+                                        query_timeout=cfg.strategy.round_timeout,
+                                        round_timeout=cfg.strategy.round_timeout)
         remaining = cfg.rounds - done
         if remaining > 0:
             result = self.strategy.start(
@@ -127,7 +128,9 @@ class ServerRun:
                 method.finish(model, rounds)
         model.cpu().save_pretrained(self.folder.model_dir)
         self.global_model.tokenizer.save_pretrained(self.folder.model_dir)
-        summary = summarize(self.cfg, rounds, self.started)
+        failed = [int(r["round"]) for r in rounds if r.get("no_valid_reply")]
+        summary = summarize(self.cfg, rounds, self.started,
+                            extra={"rounds_without_valid_reply": failed})
         self.folder.write_summary(summary)
         log(INFO, "[fedprivacy] run finished: %s", self.folder.path)
         return summary

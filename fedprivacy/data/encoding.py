@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase

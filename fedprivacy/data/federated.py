@@ -129,9 +129,19 @@ def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, s
         return _pii_client(cfg, partition_id, seed)
     if cfg.source == "tasks" and cfg.partition == "by_task":
         return _task_client(cfg, partition_id, seed)
-    pool = _pool(cfg, num_partitions, seed)
-    part = partition_records(pool, num_partitions, cfg.partition, seed, cfg.dirichlet_alpha)[partition_id]
-    return ClientData(*_split_by_ratio(part, cfg))
+    return pooled_client_data(cfg, num_partitions, seed)[partition_id]
+
+
+def is_pooled(cfg: DataConfig) -> bool:
+    """Whether clients cut their data from one shared pool (files, tasks + iid/dirichlet)."""
+    return not (cfg.source == "pii" or (cfg.source == "tasks" and cfg.partition == "by_task"))
+
+
+def pooled_client_data(cfg: DataConfig, num_partitions: int, seed: int) -> list[ClientData]:
+    """Every client's data of a pooled source, the pool loaded and partitioned once."""
+    parts = partition_records(_pool(cfg, num_partitions, seed), num_partitions, cfg.partition,
+                              seed, cfg.dirichlet_alpha)
+    return [ClientData(*_split_by_ratio(part, cfg)) for part in parts]
 
 
 def server_tasks(cfg: DataConfig, num_partitions: int) -> list[str]:
@@ -157,7 +167,7 @@ def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_parti
     server_seed = derive_seed(seed, "server")
     if source == "file":
         return load_records(path, cfg.prompt_field or None, cfg.completion_field or None,
-                            cfg.text_field)
+                            cfg.text_field, key="server.eval_path")
     if source == "public":
         return public_corpus(n, server_seed)
     names = server_tasks(cfg, num_partitions)

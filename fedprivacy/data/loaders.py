@@ -1,9 +1,9 @@
 """User data from local JSONL, CSV or Parquet files, as records.
 
 The file is named by a config key (``data.path``, or ``key``): every error names that key,
-the file and what is wrong with it. Cheap checks of the first bytes (empty, binary, not JSON, not Parquet) run
-before ``datasets`` is imported; whatever ``datasets.load_dataset`` still raises is reported
-the same way.
+the file and what is wrong with it. Cheap checks of the first bytes (empty, binary, not JSON,
+not Parquet) run before ``datasets`` is imported; whatever ``datasets.load_dataset`` still
+raises is reported the same way.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, TypedDict, TypeVar
+from collections.abc import Callable
+from typing import TypedDict, TypeVar
 
 T = TypeVar("T")
 

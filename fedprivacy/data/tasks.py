@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from fedprivacy.data.records import Record, derive_seed, draw_distinct, make_record
 

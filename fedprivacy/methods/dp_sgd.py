@@ -61,6 +61,7 @@ def dp_sgd_step(job: Any) -> dict[str, float]:
     from opacus.data_loader import DPDataLoader
     from torch.utils.data import TensorDataset
 
+    from fedprivacy.deadline import checkpoint
     from fedprivacy.privacy.dp import make_private
     from fedprivacy.training import make_optimizer, tail_mean
 
@@ -78,6 +79,7 @@ def dp_sgd_step(job: Any) -> dict[str, float]:
     losses: list[float] = []
     while len(losses) < tc.steps:
         for batch in loader:
+            checkpoint()  # the round's deadline
             losses.append(trainer.step([t.to(device) for t in batch]))
             if len(losses) == tc.steps:
                 break

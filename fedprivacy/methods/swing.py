@@ -14,7 +14,8 @@ from typing import Any
 from fedprivacy.methods.kd import distill, local_teacher
 from fedprivacy.methods.registry import Method, check, check_choice, register
 
-# The names the code dispatches on: `DETECTORS` below, `fedprivacy.privacy.swing`'s
+# The names the code dispatches on: `DETECTOR_BUILDERS` below (one per
+# `fedprivacy.privacy.detectors.DETECTORS` entry), `fedprivacy.privacy.swing`'s
 # TEMPERATURE_MAPS and NOISE_MODELS (a unit test keeps these tuples equal to those tables).
 TEMPERATURE_MAP_NAMES = ("linear", "exponential")
 NOISE_MODEL_NAMES = ("gaussian", "laplace", "none")
@@ -39,7 +40,7 @@ def _model_score(job: Any, teacher: Any) -> Any:
 
 
 # detector name -> builder(job, teacher) of a per-token privacy-likelihood detector
-DETECTORS: dict[str, Callable[[Any, Any], Any]] = {
+DETECTOR_BUILDERS: dict[str, Callable[[Any, Any], Any]] = {
     "span": _span, "pattern": _pattern, "model_score": _model_score}
 
 
@@ -47,7 +48,7 @@ DETECTORS: dict[str, Callable[[Any, Any], Any]] = {
 class SwingConfig:
     """Swing distillation settings (``client.swing``); every default is this project's choice."""
 
-    detector: str = field(default="span", metadata={"help": f"one of {sorted(DETECTORS)}"})
+    detector: str = field(default="span", metadata={"help": f"one of {sorted(DETECTOR_BUILDERS)}"})
     temperature_map: str = field(default="linear",
                                  metadata={"help": f"one of {list(TEMPERATURE_MAP_NAMES)}"})
     t0: float = field(default=1.0, metadata={"help": "temperature of a public token (p = 0)"})
@@ -60,7 +61,7 @@ class SwingConfig:
     student_steps: int = field(default=100, metadata={"help": "student distillation steps"})
 
     def validate(self) -> None:
-        check_choice(self.detector, "detector", DETECTORS)
+        check_choice(self.detector, "detector", DETECTOR_BUILDERS)
         check_choice(self.temperature_map, "temperature_map", TEMPERATURE_MAP_NAMES)
         check_choice(self.noise, "noise", NOISE_MODEL_NAMES)
         check(self.t0 > 0, "t0", "must be > 0", self.t0)
@@ -82,7 +83,7 @@ def swing_step(job: Any) -> dict[str, float]:
 
     settings: SwingConfig = job.settings(METHOD)
     teacher = local_teacher(job, settings.teacher_steps)
-    detector = DETECTORS[settings.detector](job, teacher)
+    detector = DETECTOR_BUILDERS[settings.detector](job, teacher)
     generator = job.secret_generator()  # the soft-target noise must be the client's secret
 
     def loss_of(student: torch.Tensor, teacher_logits: torch.Tensor, batch: dict) -> torch.Tensor:

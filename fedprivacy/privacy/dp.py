@@ -40,8 +40,8 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedprivacy.lm import IGNORE_INDEX, lm_logits, token_nll
 from fedprivacy.methods.dp_sgd import DPConfig
-from fedprivacy.privacy.exposure import IGNORE_INDEX, lm_logits, token_nll
 
 AccountantState = dict[str, list[float] | list[int]]
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels")
@@ -205,7 +205,8 @@ def make_private(
     ``data`` is a DataLoader (sample rate q = 1 / len(loader), expected batch = q * |dataset|,
     Poisson-resampled if ``cfg.poisson_sampling``) or a sample rate q, with ``batch_size`` the
     expected batch size of the batches the caller draws (Poisson batches at rate q for the
-    accountant to hold: `fedprivacy.methods.dp_sgd` draws them with Opacus' ``DPDataLoader``). ``total_steps`` is the number of DP steps
+    accountant to hold: `fedprivacy.methods.dp_sgd` draws them with Opacus' ``DPDataLoader``).
+    ``total_steps`` is the number of DP steps
     planned over the whole run (all rounds); it is needed for ``cfg.target_epsilon``.
     """
     if cfg.max_grad_norm <= 0:

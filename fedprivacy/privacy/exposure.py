@@ -11,6 +11,17 @@ the canary: rank(s) = #{r in R : Px(r) <= Px(s)}, so a model that cannot tell ca
 apart has exposure 0. The prefix is shared by all candidates, so only the secret tokens are
 scored.
 
+Estimators (``evaluation.exposure``; `fedprivacy.privacy.ledger.exposure_method`):
+
+- :func:`exposure_exact`: the rank among all |A|^n candidates, by a cached prefix-tree walk.
+  ``auto`` uses it whenever |A|^n <= ``evaluation.exposure_max_candidates``.
+- :func:`exposure_digitwise`: DEPN's digit-by-digit rank, an approximation for secrets too long
+  to enumerate. It assumes candidates sort position by position, which a model that is unsure
+  of one digit and sure of the rest breaks: it then under-reports (by up to 13.2 bits, 4.9
+  against 11.6 bits on average, on the privacy sweep's FedAvg model; 10 bits on the
+  constructed case in the unit tests).
+- :func:`exposure_extrapolated`: a skew-normal fit on sampled candidates (Carlini et al.).
+
 Inputs are token tensors: ``prefix_ids`` is a sequence of 1-D prompts (a 2-D tensor works when
 all have one length), ``secret_ids`` is [N, n], ``candidate_token_ids`` is the alphabet [|A|].
 """
@@ -26,11 +37,19 @@ from torch import nn
 from transformers import DynamicCache
 
 from fedprivacy.data.encoding import left_padded
-from fedprivacy.lm import evaluating, generate_ids, lm_logits, model_device
 
 # Moved to fedprivacy.lm; re-exported until privacy/dp.py, tests/unit/test_exposure.py and
 # tests/integration/test_swing_model.py import them from there.
-from fedprivacy.lm import IGNORE_INDEX, position_ids, sequence_perplexity, token_nll  # noqa: F401
+from fedprivacy.lm import (  # noqa: F401
+    IGNORE_INDEX,
+    evaluating,
+    generate_ids,
+    lm_logits,
+    model_device,
+    position_ids,
+    sequence_perplexity,
+    token_nll,
+)
 
 
 def _alphabet_index(secret_ids: torch.Tensor, candidate_token_ids: torch.Tensor) -> torch.Tensor:
@@ -56,7 +75,7 @@ def _next_token_logprobs(
     vocab: torch.Tensor,
     batch_size: int,
 ) -> torch.Tensor:
-    """log p(a | prefix[owner[m]] + continuations[m, :k]) for k = 0..L and a in vocab: [M, L+1, |vocab|].
+    """log p(a | prefix[owner[m]] + continuations[m, :k]), k = 0..L, a in vocab: [M, L+1, |vocab|].
 
     One forward pass over prefix + continuation yields the next-token distribution after every
     continuation prefix, so scoring all strings of length L+1 needs only the strings of length L.
@@ -73,7 +92,7 @@ def _next_token_logprobs(
             cont = continuations[start : start + batch_size]
             ids = torch.cat([pre_ids[rows], cont], 1).to(device)
             mask = torch.cat([pre_mask[rows], torch.ones_like(cont)], 1).to(device)
-            logp = lm_logits(model, ids, mask)[:, -steps:].float().log_softmax(-1)
+            logp = _log_softmax(lm_logits(model, ids, mask)[:, -steps:])
             out.append(logp[..., vocab.to(device)].cpu())
     return torch.cat(out)
 
@@ -82,12 +101,15 @@ def _exposure(log2_space: float, rank: torch.Tensor) -> torch.Tensor:
     return log2_space - torch.log2(rank.double())
 
 
+KVRows = list[tuple[torch.Tensor | None, ...]]  # per-layer (keys, values, ...) of a KV cache
+
+
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the vocabulary, in float32 or wider (a float64 model stays float64)."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
 
 
-def _cache_rows(cache: object) -> list[tuple[torch.Tensor | None, ...]]:
+def _cache_rows(cache: object) -> KVRows:
     """Per-layer (keys, values, ...) tensors of a DynamicCache, batch first."""
     if not isinstance(cache, DynamicCache):
         raise ValueError("exposure_exact walks the candidate tree with the model's KV cache; the "
@@ -97,7 +119,7 @@ def _cache_rows(cache: object) -> list[tuple[torch.Tensor | None, ...]]:
 
 def _extend(
     model: nn.Module,
-    kv: list[tuple[torch.Tensor | None, ...]],
+    kv: KVRows,
     parents: torch.Tensor,
     tokens: torch.Tensor,
     length: int,
@@ -116,7 +138,7 @@ def _extend(
     return _log_softmax(out.logits[:, -1]), out.past_key_values
 
 
-def _concat_rows(parts: list[list[tuple[torch.Tensor | None, ...]]]) -> list[tuple[torch.Tensor | None, ...]]:
+def _concat_rows(parts: list[KVRows]) -> KVRows:
     """Concatenate chunked per-layer caches along the batch."""
     return [tuple(None if pieces[0] is None else torch.cat(pieces) for pieces in zip(*layer))
             for layer in zip(*parts)]
@@ -181,15 +203,16 @@ def exposure_exact(
     log-perplexity is <= the secret's, ties against the canary. The candidates are enumerated
     as a prefix tree with the model's KV cache (:func:`_candidate_tree`), cut at the secret's
     score: a memorised secret (high exposure) leaves few branches to expand, an unremarkable
-    one costs up to 1.11 |R| / |A| one-token rows (10^6 six-digit candidates: 111,111 rows,
-    ~10-60 s per canary for the tiny LLaMA on 2 busy CPU cores). ``batch_size``: rows per
-    forward pass. Needs a model that returns a transformers ``DynamicCache``.
+    one costs up to 1.11 |R| / |A| one-token rows. 10^6 six-digit candidates, tiny LLaMA
+    preset, 2 shared CPU cores: ~57 s per canary for an untrained model (nothing cut), ~2 s for
+    10^5; once secrets are memorised a client's 2 canaries take seconds. ``batch_size``: rows
+    per forward pass. Needs a model that returns a transformers ``DynamicCache``.
     """
     n_canaries, n = secret_ids.shape
     size = len(candidate_token_ids)
     secret = _alphabet_index(secret_ids, candidate_token_ids)
     secret_index = (secret * size ** torch.arange(n - 1, -1, -1)).sum(1)
-    # the secret's own score, from unpadded full passes: the cut-off for the tree walk (with a
+    # the secret's own score from one full pass per canary: the tree walk's cut-off (with a
     # margin for rounding differences between the cached and the full pass)
     logp = _next_token_logprobs(model, prefix_ids, torch.arange(n_canaries), secret_ids[:, :-1],
                                 candidate_token_ids, batch_size)
@@ -199,7 +222,8 @@ def exposure_exact(
         for prefix, target, ref in zip(prefix_ids, secret_index.tolist(), reference.tolist()):
             prefix = torch.as_tensor(prefix)
             for bound in (ref + 1e-3 + 1e-4 * abs(ref), math.inf):
-                index, score = _candidate_tree(model, prefix, n, candidate_token_ids, bound, batch_size)
+                index, score = _candidate_tree(model, prefix, n, candidate_token_ids, bound,
+                                               batch_size)
                 hit = (index == target).nonzero().flatten()
                 if len(hit):  # every cut node scores > bound >= the secret's tree score
                     break
@@ -232,7 +256,8 @@ def exposure_extrapolated(
     strings = torch.cat([secret.unsqueeze(1), samples], 1).reshape(-1, n)
     owner = torch.arange(n_canaries).repeat_interleave(num_samples + 1)
     logp = _next_token_logprobs(
-        model, prefix_ids, owner, candidate_token_ids[strings[:, :-1]], candidate_token_ids, batch_size
+        model, prefix_ids, owner, candidate_token_ids[strings[:, :-1]], candidate_token_ids,
+        batch_size,
     )
     scores = -logp.gather(2, strings.unsqueeze(-1)).sum((1, 2)).reshape(n_canaries, -1).double()
     log2_space = n * math.log2(size)
@@ -251,20 +276,26 @@ def exposure_digitwise(
     candidate_token_ids: torch.Tensor,
     batch_size: int = 1024,
 ) -> torch.Tensor:
-    """DEPN's digit-by-digit exposure: [N] (float64).
+    """DEPN's digit-by-digit exposure, an approximation: [N] (float64).
 
     r_i = #{a != s_i : p(a | prefix, s_<i) >= p(s_i | prefix, s_<i)} (0-based rank of the true
     token among the alphabet, ties against the canary); Rank = 1 + sum_i r_i |A|^(n-1-i);
-    exposure = n log2 |A| - log2 Rank. Exact when candidates are ordered position by position.
+    exposure = n log2 |A| - log2 Rank. Equal to the exact value only when candidates are
+    ordered position by position; otherwise a runner-up early digit costs |A|^(n-1-i) ranks
+    whatever the later digits do, and the secret is under-reported (a rank-1 secret of 10^4
+    can read 3.3 bits instead of 13.3). Use it only where :func:`exposure_exact` cannot
+    enumerate the space, and label it as an approximation.
     """
     n_canaries, n = secret_ids.shape
     size = len(candidate_token_ids)
     logp = _next_token_logprobs(
-        model, prefix_ids, torch.arange(n_canaries), secret_ids[:, :-1], candidate_token_ids, batch_size
+        model, prefix_ids, torch.arange(n_canaries), secret_ids[:, :-1], candidate_token_ids,
+        batch_size,
     )
     true = logp.gather(2, _alphabet_index(secret_ids, candidate_token_ids).unsqueeze(-1))
     ranks = (logp >= true).sum(-1) - 1
-    rank = 1 + (ranks.double() * float(size) ** torch.arange(n - 1, -1, -1, dtype=torch.float64)).sum(1)
+    place = float(size) ** torch.arange(n - 1, -1, -1, dtype=torch.float64)
+    rank = 1 + (ranks.double() * place).sum(1)
     return _exposure(n * math.log2(size), rank)
 
 

@@ -14,8 +14,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedprivacy.data.encoding import prompt_ids
 from fedprivacy.data.pii import Canary
 from fedprivacy.data.tokenizer import digit_token_ids
-from fedprivacy.privacy.exposure import (exposure_digitwise, exposure_exact,
-                                         exposure_extrapolated, extraction_rate)
+from fedprivacy.privacy.exposure import (
+    exposure_digitwise,
+    exposure_exact,
+    exposure_extrapolated,
+    extraction_rate,
+)
 
 EXPOSURE_METHODS = ("auto", "exact", "extrapolated", "digitwise")
 

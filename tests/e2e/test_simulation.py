@@ -114,3 +114,10 @@ def test_killed_run_stops_everything_and_resumes(tmp_path):
     rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
     assert rounds[:2] == [0, 1] and rounds[-1] == 3 and rounds.count(1) == 1
     assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
+
+
+def test_every_drop_names_the_partition(run_dir):
+    # Assert: partition 2 fails from its first reply on; its drops still name the partition
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    dropped = [d for r in rounds for d in r.get("dropped", [])]
+    assert dropped and {d["client"] for d in dropped} == {"partition 2"}

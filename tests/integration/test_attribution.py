@@ -6,7 +6,6 @@ import transformers as tf
 from captum.attr import IntegratedGradients
 
 from fedprivacy import attribution, sites
-
 from tests.tiny import tiny_llama as shared_tiny_llama
 
 pytestmark = pytest.mark.integration

@@ -104,6 +104,7 @@ def test_evaluate_reports_the_privacy_ledger():
     assert len(metrics["privacy.exposure"]) == 2
     assert 0 <= metrics["privacy.exposure_mean"] <= 4 * 3.33
     assert 0 <= metrics["privacy.extraction_rate"] <= 1
+    assert metrics["privacy.exposure_exact"] == 1.0  # 10^4 secrets: enumerated
     assert metrics["eval_loss"] > 0
 
 

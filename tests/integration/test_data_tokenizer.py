@@ -47,8 +47,9 @@ def test_special_tokens_and_bos(tokenizer):
     ids = tokenizer(text)["input_ids"]
 
     # Assert
-    assert tokenizer.convert_ids_to_tokens([tokenizer.pad_token_id, tokenizer.bos_token_id,
-                                            tokenizer.eos_token_id, tokenizer.unk_token_id]) == ["<pad>", "<s>", "</s>", "<unk>"]
+    special = [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+               tokenizer.unk_token_id]
+    assert tokenizer.convert_ids_to_tokens(special) == ["<pad>", "<s>", "</s>", "<unk>"]
     assert ids[0] == tokenizer.bos_token_id and tokenizer.eos_token_id not in ids
 
 
@@ -64,7 +65,8 @@ def test_canary_round_trip_and_secret_digits_are_single_tokens(tokenizer):
     for canary, ids in zip(canaries, encodings):
         assert tokenizer.decode(ids) == canary.text
         secret_ids = [digits[int(d)] for d in canary.secret]
-        parts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in (canary.prefix, canary.secret, canary.suffix)]
+        parts = [tokenizer(p, add_special_tokens=False)["input_ids"]
+                 for p in (canary.prefix, canary.secret, canary.suffix)]
         assert parts[1] == secret_ids
         assert parts[0] + parts[1] + parts[2] == ids
 

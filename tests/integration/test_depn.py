@@ -6,7 +6,6 @@ import transformers as tf
 
 from fedprivacy import attribution, editing, sites
 from fedprivacy.privacy import depn
-
 from tests.tiny import tiny_llama
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -11,6 +11,7 @@ from fedprivacy.config import ModelConfig
 from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer
 from fedprivacy.privacy.depn import neuron_ids, neurons_by_layer
 from fedprivacy.strategies.depn_merge import NEURONS_KEY, NeuronEditMerge
+from tests.tiny import train_reply
 
 pytestmark = pytest.mark.integration
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -25,11 +26,7 @@ def test_neuron_ids_round_trip():
 
 
 def _reply(node, arrays, neurons):
-    ins = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node,
-                  message_type=MessageType.TRAIN)
-    ins.metadata.__dict__["_message_id"] = f"m{node}"
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(
-        {"num-examples": 1, NEURONS_KEY: neurons})}), reply_to=ins)
+    return train_reply(node, arrays, {"num-examples": 1, NEURONS_KEY: neurons})
 
 
 def test_union_of_reported_neurons_is_zeroed_after_averaging():

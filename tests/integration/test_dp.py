@@ -8,9 +8,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from fedprivacy.privacy.dp import (DPConfig, epsilon, export_accountant_state, make_private,
-                                   restore_accountant, sequence_losses)
-from fedprivacy.privacy.exposure import lm_logits
+from fedprivacy.lm import lm_logits
+from fedprivacy.privacy.dp import (
+    DPConfig,
+    epsilon,
+    export_accountant_state,
+    make_private,
+    restore_accountant,
+    sequence_losses,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +63,8 @@ def test_one_private_step_changes_weights(build):
     # Prepare
     model = build()
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    trainer = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader(), DPConfig(poisson_sampling=False))
+    trainer = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader(),
+                           DPConfig(poisson_sampling=False))
     # Execute
     loss = trainer.step(next(iter(trainer.data_loader)))
     # Assert: every parameter moved (GPT-2's tied wte/lm_head counts once)

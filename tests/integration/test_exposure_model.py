@@ -8,7 +8,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from fedprivacy import lm
+from fedprivacy.data.pii import make_canaries
+from fedprivacy.data.tokenizer import build_tokenizer, digit_token_ids
 from fedprivacy.privacy import exposure as ex
+from fedprivacy.privacy.ledger import canary_leakage, canary_token_ids
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +29,8 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, **SPECIAL))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                      n_positions=32, **SPECIAL))
 
 
 MODELS = [tiny_llama, tiny_gpt2]
@@ -58,7 +62,8 @@ def test_exact_and_digitwise_match_unpadded_loops(build):
         digit_rank = 1
         for i in range(2):
             logp = unpadded_logprobs(model, torch.cat([prefix, secret[:i]]))[-1, DIGITS]
-            digit_rank += (int((logp >= logp[int(secret[i]) - 10] - 1e-6).sum()) - 1) * 10 ** (1 - i)
+            beaten = int((logp >= logp[int(secret[i]) - 10] - 1e-6).sum()) - 1
+            digit_rank += beaten * 10 ** (1 - i)
         assert d == pytest.approx(2 * math.log2(10) - math.log2(digit_rank), abs=1e-6)
 
 
@@ -88,7 +93,8 @@ def test_sequence_perplexity_matches_hf_loss_per_row(build):
     # Assert
     with torch.no_grad():
         want = [
-            math.exp(model(input_ids=ids[i, :n].unsqueeze(0), labels=labels[i, :n].unsqueeze(0)).loss.item())
+            math.exp(model(input_ids=ids[i, :n].unsqueeze(0),
+                           labels=labels[i, :n].unsqueeze(0)).loss.item())
             for i, n in enumerate([6, 4])
         ]
     assert ppl.tolist() == pytest.approx(want, rel=1e-4)
@@ -99,7 +105,8 @@ def test_model_trained_on_a_canary_has_high_exposure():
     prefix, secret = torch.tensor([0, 1, 2, 3, 20]), torch.tensor([13, 17, 11, 19])
     g = torch.Generator().manual_seed(0)
     rows = [torch.cat([prefix, secret]) if i % 4 == 0 else
-            torch.cat([torch.tensor([0]), torch.randint(1, 10, (3,), generator=g), torch.tensor([20]),
+            torch.cat([torch.tensor([0]), torch.randint(1, 10, (3,), generator=g),
+                       torch.tensor([20]),
                        torch.randint(10, 20, (4,), generator=g)]) for i in range(32)]
     data = torch.stack(rows)
     trained, untrained = tiny_llama(3), tiny_llama(3)
@@ -113,7 +120,8 @@ def test_model_trained_on_a_canary_has_high_exposure():
     # Execute
     exact = [ex.exposure_exact(m, *canary, DIGITS).item() for m in (trained, untrained)]
     digitwise = [ex.exposure_digitwise(m, *canary, DIGITS).item() for m in (trained, untrained)]
-    extrapolated = [ex.exposure_extrapolated(m, *canary, DIGITS, num_samples=500).item() for m in (trained, untrained)]
+    extrapolated = [ex.exposure_extrapolated(m, *canary, DIGITS, num_samples=500).item()
+                    for m in (trained, untrained)]
     extracted = [ex.extraction_rate(m, *canary) for m in (trained, untrained)]
     # Assert
     log2_space = 4 * math.log2(10)
@@ -122,3 +130,51 @@ def test_model_trained_on_a_canary_has_high_exposure():
     assert digitwise[0] == pytest.approx(log2_space)
     assert extrapolated[0] > extrapolated[1] + 3
     assert extracted == [1.0, 0.0]
+
+
+@torch.no_grad()
+def brute_force_exposure(model, prefix: torch.Tensor, secret: torch.Tensor) -> float:
+    """Reference: every candidate string scored on its own full, unpadded forward pass."""
+    candidates = torch.cartesian_prod(*[DIGITS] * len(secret))
+    ids = torch.cat([prefix.expand(len(candidates), -1), candidates], 1)
+    logp = model(input_ids=ids).logits[:, len(prefix) - 1 : -1].log_softmax(-1)
+    scores = -logp.gather(2, candidates.unsqueeze(-1)).sum((1, 2))
+    mine = scores[(candidates == secret).all(1)]
+    rank = int((scores <= mine).sum())
+    return len(secret) * math.log2(len(DIGITS)) - math.log2(rank)
+
+
+@pytest.mark.parametrize("build", MODELS)
+def test_exact_matches_brute_force_enumeration(build):
+    # Prepare: float64 weights, so the cached tree walk and the full passes agree to ~1e-12
+    model = build(4).double().eval()
+    secrets = torch.tensor([[11, 17, 12], [19, 10, 10], [14, 14, 18]])
+    # Execute
+    exact = ex.exposure_exact(model, PREFIXES, secrets, DIGITS, batch_size=96)
+    # Assert
+    want = [brute_force_exposure(model, p, s) for p, s in zip(PREFIXES, secrets)]
+    assert exact.tolist() == pytest.approx(want, abs=1e-6)
+    assert len(set(want)) == 3
+
+
+def test_canary_leakage_auto_is_exact_when_the_space_fits():
+    # Prepare: real canaries (3-digit secrets) under the project tokenizer, a tiny LLaMA
+    tok = build_tokenizer()
+    canaries = make_canaries(count=2, digits=3, seed=0, client_id=0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id)).eval()
+    pairs = [canary_token_ids(tok, c) for c in canaries]
+    args = ([p for p, _ in pairs], torch.stack([s for _, s in pairs]),
+            torch.tensor(digit_token_ids(tok)))
+    # Execute
+    fits = canary_leakage(model, tok, canaries, "auto", max_candidates=1000)
+    too_big = canary_leakage(model, tok, canaries, "auto", max_candidates=999)
+    # Assert: 10^3 candidates fit 1000 (enumerated), not 999 (digit-wise, flagged as estimate)
+    assert fits["exposure_exact"] == 1.0
+    assert fits["exposure"] == pytest.approx(ex.exposure_exact(model, *args).tolist())
+    assert too_big["exposure_exact"] == 0.0
+    assert too_big["exposure"] == pytest.approx(ex.exposure_digitwise(model, *args).tolist())

@@ -3,13 +3,13 @@ references."""
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedprivacy import evaluation, lm
 from fedprivacy.data.encoding import encode_records, left_padded
 from fedprivacy.data.records import make_record
 from fedprivacy.data.tasks import TaskSpec
+from tests.tiny import word_tokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +26,7 @@ PROMPTS = ["Classify the review.\nInput: very good movie\nAnswer:",
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """Word-level tokenizer: words split on spaces, "\\n" is a token of its own."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n|[^ \n]+"), behavior="removed", invert=True)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   eos_token="[EOS]")
+    return word_tokenizer(WORDS)
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import torch
 from fedprivacy.config import ModelConfig, TrainConfig
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.tasks import task_splits
-from fedprivacy.models import ModelLoadError, PRESETS, build_model, load_pretrained, load_tokenizer
+from fedprivacy.models import PRESETS, ModelLoadError, build_model, load_pretrained, load_tokenizer
 from fedprivacy.training import sft
 
 pytestmark = pytest.mark.integration

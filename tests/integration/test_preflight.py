@@ -8,8 +8,8 @@ from transformers import BloomConfig, BloomForCausalLM
 from fedprivacy.config import ModelConfig, load_config
 from fedprivacy.data.federated import build_client_data
 from fedprivacy.models import ModelLoadError, load_tokenizer
-from fedprivacy.simulations.preflight import client_data
 from fedprivacy.simulations import runner
+from fedprivacy.simulations.preflight import client_data, preflight
 from fedprivacy.simulations.runner import run_experiment
 from fedprivacy.sites import UnsupportedArchitectureError
 
@@ -103,3 +103,19 @@ def test_client_data_is_what_each_client_builds(tmp_path, overrides):
     # Assert
     assert built == [build_client_data(cfg.data, i, 3, cfg.seed) for i in range(3)]
     assert all(c.train and c.validation for c in built)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["data.source=tasks", "data.partition=by_task"],
+    ["data.source=files", "server.eval_source=file"],
+    ["train.device=cpu", "client.pipeline=[dp_sgd,depn]"],
+])
+def test_a_valid_config_passes(tmp_path, overrides):
+    # Prepare: 40 rows give each of 2 clients 10 training and 5 validation records
+    data = _rows(tmp_path / "rows.jsonl", 40)
+    cfg = load_config(None, SMALL + [f"data.path={data}", f"server.eval_path={data}",
+                                     "data.train_per_client=16", "data.val_per_client=8",
+                                     "data.test_per_client=8", *overrides])
+    # Execute / Assert: no error
+    assert preflight(cfg) is None

@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from fedprivacy.pseudo import (energy_score, generate_pseudo_samples, render_template,
-                               weight_samples)
+from fedprivacy.pseudo import energy_score, generate_pseudo_samples, render_template, weight_samples
+from tests.tiny import word_tokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +21,7 @@ SUMMARIZE = {**CLASSIFY, "instruction": "Summarize the text.", "labels": "null"}
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """Word-level tokenizer: words split on spaces, "\\n" is a token of its own."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n|[^ \n]+"), behavior="removed", invert=True)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   eos_token="[EOS]")
+    return word_tokenizer(WORDS)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ record describes exactly what its weights carry."""
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 from transformers import AutoModelForCausalLM
@@ -17,6 +17,7 @@ from fedprivacy.methods.depn import NEURONS_KEY
 from fedprivacy.privacy.depn import neuron_ids, neurons_by_layer
 from fedprivacy.strategies.depn_merge import NeuronEditMerge
 from fedprivacy.strategies.server_app import ServerRun
+from tests.tiny import train_reply
 
 pytestmark = pytest.mark.integration
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -58,11 +59,7 @@ def test_server_runs_when_the_client_data_file_is_not_on_its_machine(tmp_path, n
 
 
 def _reply(node, arrays, neurons):
-    ins = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node,
-                  message_type=MessageType.TRAIN)
-    ins.metadata.__dict__["_message_id"] = f"m{node}"
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(
-        {"num-examples": 1, NEURONS_KEY: neurons})}), reply_to=ins)
+    return train_reply(node, arrays, {"num-examples": 1, NEURONS_KEY: neurons})
 
 
 def test_saved_model_records_exactly_the_zeroed_columns_it_carries(tmp_path):

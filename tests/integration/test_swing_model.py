@@ -6,9 +6,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fedprivacy import lm
 from fedprivacy.privacy import exposure as ex
 from fedprivacy.privacy.detectors import DETECTORS
-from fedprivacy.privacy.swing import SwingConfig, kd_loss, swing_distillation_loss, swing_temperatures
+from fedprivacy.privacy.swing import (
+    SwingConfig,
+    kd_loss,
+    swing_distillation_loss,
+    swing_temperatures,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,20 +57,20 @@ def train(model, loss_fn, data, seed: int) -> None:
 
 
 def student_logits(model, batch):
-    return ex.lm_logits(model, batch["input_ids"], batch["attention_mask"])
+    return lm.lm_logits(model, batch["input_ids"], batch["attention_mask"])
 
 
 @pytest.fixture(scope="module")
 def setup():
     data = corpus()
     teacher = tiny_llama(0)
-    train(teacher, lambda m, b: ex.token_nll(student_logits(m, b), b["labels"]).mean(), data, 0)
+    train(teacher, lambda m, b: lm.token_nll(student_logits(m, b), b["labels"]).mean(), data, 0)
     return data, teacher
 
 
 def teacher_logits(teacher, batch):
     with torch.no_grad():
-        return ex.lm_logits(teacher, batch["input_ids"], batch["attention_mask"])
+        return lm.lm_logits(teacher, batch["input_ids"], batch["attention_mask"])
 
 
 def test_swing_student_leaks_the_canary_far_less_than_plain_kd(setup):
@@ -90,7 +96,7 @@ def test_swing_student_leaks_the_canary_far_less_than_plain_kd(setup):
     exposure = {name: ex.exposure_exact(m, [PREFIX], SECRET.unsqueeze(0), DIGITS).item()
                 for name, m in [("teacher", teacher), ("plain", plain), ("swing", swing)]}
     public = data["labels"].masked_fill(data["private_mask"], -100)
-    ppl = {name: ex.sequence_perplexity(m, data["input_ids"], data["attention_mask"], public).mean().item()
+    ppl = {name: lm.sequence_perplexity(m, data["input_ids"], data["attention_mask"], public).mean().item()
            for name, m in [("swing", swing), ("untrained", untrained)]}
     # Assert: the teacher and the plain student memorised the canary; swing cuts exposure by
     # more than half while its student still learns the public tokens

@@ -9,8 +9,13 @@ import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fedprivacy.aggregation import (CLIENT_WEIGHTINGS, StreamingAverage, array_from_numpy, array_view,
-                                    client_weights)
+from fedprivacy.aggregation import (
+    CLIENT_WEIGHTINGS,
+    StreamingAverage,
+    array_from_numpy,
+    array_view,
+    client_weights,
+)
 
 pytestmark = pytest.mark.unit
 

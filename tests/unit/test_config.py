@@ -1,9 +1,9 @@
 """Config schema: validation messages name the key, flatten/unflatten round trip."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from fedprivacy.config import ConfigError, default_config, flatten, load_config, unflatten
 
@@ -164,9 +164,11 @@ def test_choice_tables_equal_the_code_that_dispatches_on_them():
     # Prepare: the schema's allowed values are declared in the light method modules; the heavy
     # modules that dispatch on them must know exactly those names
     from fedprivacy import aggregation, pseudo
-    from fedprivacy.methods import fewfedweight, swing as swing_method
-    from fedprivacy.privacy import swing
+    from fedprivacy.methods import fewfedweight
+    from fedprivacy.methods import swing as swing_method
+    from fedprivacy.privacy import detectors, swing
     # Assert
+    assert set(detectors.DETECTORS) == set(swing_method.DETECTOR_BUILDERS)
     assert set(swing.TEMPERATURE_MAPS) == set(swing_method.TEMPERATURE_MAP_NAMES)
     assert set(swing.NOISE_MODELS) == set(swing_method.NOISE_MODEL_NAMES)
     assert set(pseudo.SAMPLE_WEIGHTINGS) == set(fewfedweight.SAMPLE_WEIGHTING_NAMES)

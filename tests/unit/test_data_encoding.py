@@ -5,7 +5,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from fedprivacy.data.encoding import IGNORE_INDEX, encode_records, iterate_batches, left_padded, prompt_ids
+from fedprivacy.data.encoding import (
+    IGNORE_INDEX,
+    encode_records,
+    iterate_batches,
+    left_padded,
+    prompt_ids,
+)
 from fedprivacy.data.records import make_record
 from fedprivacy.data.tokenizer import digit_token_ids
 
@@ -35,11 +41,13 @@ def test_labels_cover_completion_and_eos_only(byte_tokenizer):
     # Assert
     tok = byte_tokenizer
     assert encoded["input_ids"].shape == (2, 1 + 2 + 4 + 1)
-    assert encoded["input_ids"][0].tolist() == [tok.bos_token_id] + tok.convert_tokens_to_ids(list("Q:Ġyes")) + [tok.eos_token_id]
-    assert encoded["labels"][0].tolist() == [IGNORE_INDEX] * 3 + tok.convert_tokens_to_ids(list("Ġyes")) + [tok.eos_token_id]
+    ids = tok.convert_tokens_to_ids
+    assert encoded["input_ids"][0].tolist() == [tok.bos_token_id] + ids(list("Q:Ġyes")) + [tok.eos_token_id]
+    assert encoded["labels"][0].tolist() == [IGNORE_INDEX] * 3 + ids(list("Ġyes")) + [tok.eos_token_id]
     assert encoded["attention_mask"][1].tolist() == [1] * 4 + [0] * 4
     assert encoded["input_ids"][1, 4:].tolist() == [tok.pad_token_id] * 4
-    assert encoded["labels"][1].tolist() == [IGNORE_INDEX] + tok.convert_tokens_to_ids(list("hi")) + [tok.eos_token_id] + [IGNORE_INDEX] * 4
+    assert encoded["labels"][1].tolist() == ([IGNORE_INDEX] + ids(list("hi")) + [tok.eos_token_id]
+                                             + [IGNORE_INDEX] * 4)
 
 
 def test_private_mask_marks_tokens_inside_spans(byte_tokenizer):

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from fedprivacy.data.federated import CanaryConfig, DataConfig, build_client_data,
-                                      build_server_data
+from fedprivacy.data.federated import CanaryConfig, DataConfig, build_client_data, build_server_data
 from fedprivacy.data.records import record_text
 from fedprivacy.data.tasks import TASKS
 
@@ -49,7 +48,8 @@ def test_empty_task_list_means_all_tasks_in_order():
 
 def test_same_arguments_give_the_same_data_in_another_process():
     # Prepare
-    cfg = DataConfig(source="pii", pii_records=20, val_per_client=4, test_per_client=4, canary=CanaryConfig(count=2, repeats=3))
+    cfg = DataConfig(source="pii", pii_records=20, val_per_client=4, test_per_client=4,
+                     canary=CanaryConfig(count=2, repeats=3))
     here = build_client_data(cfg, 1, 3, seed=9)
     code = (
         "import json; from fedprivacy.data.federated import *; "
@@ -112,7 +112,8 @@ def test_files_source_partitions_the_users_file(tmp_path):
     # Prepare
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"line {i}"}) for i in range(40)))
-    cfg = DataConfig(source="files", path=str(path), partition="iid", train_per_client=2, val_per_client=1, test_per_client=1)
+    cfg = DataConfig(source="files", path=str(path), partition="iid", train_per_client=2,
+                     val_per_client=1, test_per_client=1)
 
     # Execute
     clients = [build_client_data(cfg, i, 2, seed=0) for i in range(2)]
@@ -123,7 +124,7 @@ def test_files_source_partitions_the_users_file(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["tasks", "pii"])
-def test_server_data_holds_no_clients_record(source):
+def test_server_data_holds_no_private_text(source):
     # Prepare
     cfg = DataConfig(source=source, tasks=["parity", "larger"], pii_records=20, train_per_client=30,
                      val_per_client=10, test_per_client=5, canary=CanaryConfig(count=1, repeats=2))
@@ -131,11 +132,18 @@ def test_server_data_holds_no_clients_record(source):
     # Execute
     held_out = build_server_data(cfg, "auto", "", 40, 4, seed=3)
 
-    # Assert: no client's record of any split, no PII span
-    private = set().union(*(_texts(c.train + c.validation + c.test) for c in
-                            (build_client_data(cfg, i, 4, seed=3) for i in range(4))))
-    assert held_out and not _texts(held_out) & private
-    assert all(r["private_spans"] == [] for r in held_out)
+    # Assert: no PII span, no client's private string (PII, canary secret) in any server text;
+    # the set is the server's own: generated from its seed, the same in every process
+    clients = [build_client_data(cfg, i, 4, seed=3) for i in range(4)]
+    private = {(r["prompt"] + r["completion"])[a:b] for c in clients for r in c.train
+               for a, b in r["private_spans"]}
+    private |= {canary.secret for c in clients for canary in c.canaries}
+    texts = _texts(held_out)
+    assert held_out and all(r["private_spans"] == [] for r in held_out)
+    assert not any(secret in text for secret in private for text in texts)
+    assert held_out == build_server_data(cfg, "auto", "", 40, 4, seed=3)
+    if source == "pii":
+        assert private  # the check above had something to look for
     if source == "tasks":
         assert {r["task"] for r in held_out} == {"parity", "larger"}
 

@@ -44,7 +44,8 @@ def test_pii_sentences_mark_every_pii_substring():
         text = record_text(record)
         pieces = [text[a:b] for a, b in record["private_spans"]]
         assert pieces and all(p.strip() == p and p for p in pieces)
-        outside = "".join(c if not any(a <= j < b for a, b in record["private_spans"]) else "#" for j, c in enumerate(text))
+        outside = "".join(c if not any(a <= j < b for a, b in record["private_spans"]) else "#"
+                          for j, c in enumerate(text))
         assert "@" not in outside and not re.search(r"\d", outside)
     assert records == pii_sentences(n, seed=4)
     assert records != pii_sentences(n, seed=5)

@@ -69,7 +69,8 @@ def test_answers_follow_each_rule():
         "capital": lambda x, a: COUNTRY_CAPITALS[x.split()[-3]] == a,
         "larger": lambda x, a: a == ("first" if int(x.split()[0]) > int(x.split()[2]) else "second"),
         "negation": lambda x, a: any(w in x.split() for w in ("not", "never", "no", "cannot")) == (a == "yes"),
-        "count": lambda x, a: len(x.split(" holds ")[1].split(", ")) == ["one", "two", "three", "four", "five"].index(a) + 1,
+        "count": lambda x, a: (len(x.split(" holds ")[1].split(", "))
+                               == ["one", "two", "three", "four", "five"].index(a) + 1),
         "copy_first": lambda x, a: a == x.split()[0],
     }
 

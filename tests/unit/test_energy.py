@@ -7,8 +7,16 @@ import torch
 import torch.nn.functional as F
 from flwr.app import ConfigRecord
 
-from fedprivacy.pseudo import (SAMPLE_WEIGHTINGS, PseudoSample, energy_score, pseudo_from_config,
-                               pseudo_to_config, sample_weights, weight_samples, weighted_lm_loss)
+from fedprivacy.pseudo import (
+    SAMPLE_WEIGHTINGS,
+    PseudoSample,
+    energy_score,
+    pseudo_from_config,
+    pseudo_to_config,
+    sample_weights,
+    weight_samples,
+    weighted_lm_loss,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -55,10 +55,12 @@ def slow_exact_exposure(model, prefix, secret, alphabet):
     """Reference: score every candidate on its own, count those scoring <= the secret."""
     def score(cand):
         ids = torch.cat([prefix, torch.tensor(cand)]).unsqueeze(0)
-        logp = model(input_ids=ids, position_ids=torch.arange(len(ids[0])).unsqueeze(0)).logits[0].log_softmax(-1)
+        pos = torch.arange(len(ids[0])).unsqueeze(0)
+        logp = model(input_ids=ids, position_ids=pos).logits[0].log_softmax(-1)
         return -sum(logp[len(prefix) - 1 + i, tok].item() for i, tok in enumerate(cand))
 
-    scores = {cand: score(cand) for cand in itertools.product(alphabet.tolist(), repeat=len(secret))}
+    candidates = itertools.product(alphabet.tolist(), repeat=len(secret))
+    scores = {cand: score(cand) for cand in candidates}
     mine = scores[tuple(secret.tolist())]
     rank = sum(value <= mine for value in scores.values())
     return len(secret) * math.log2(len(alphabet)) - math.log2(rank)
@@ -126,7 +128,8 @@ def test_extrapolated_agrees_with_exact_on_small_space():
     secrets = DIGITS[torch.randint(10, (4, 4))]
     # Execute
     exact = ex.exposure_exact(model, prefixes, secrets, DIGITS)
-    extrapolated = ex.exposure_extrapolated(model, prefixes, secrets, DIGITS, num_samples=2000, seed=0)
+    extrapolated = ex.exposure_extrapolated(model, prefixes, secrets, DIGITS, num_samples=2000,
+                                            seed=0)
     # Assert
     assert extrapolated.tolist() == pytest.approx(exact.tolist(), abs=0.5)
 

@@ -143,3 +143,14 @@ def test_resume_on_a_locked_folder_refuses_and_writes_nothing(held_folder, capsy
     assert code == 1
     assert f"run folder {path} is in use by a live run (pid {holder.pid}" in out
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == before
+
+
+def test_a_torn_round_zero_line_does_not_spoil_the_next_record(tmp_path):
+    # Prepare: killed in mid-append of round 0 (no checkpoint exists yet)
+    folder = RunFolder(tmp_path)
+    folder.metrics_path.write_text(json.dumps(_record(0))[:15])
+    # Execute: the restarted run records round 0 again, then round 1
+    folder.save_round(0, {}, _record(0))
+    folder.save_round(1, {"w": np.ones(2, np.float32)}, _record(1))
+    # Assert: every line is whole
+    assert _recorded_rounds(folder) == [0, 1]

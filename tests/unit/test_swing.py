@@ -10,8 +10,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from fedprivacy.privacy import swing
-from fedprivacy.privacy.detectors import (DETECTORS, ModelScoreDetector, PatternDetector,
-                                          SpanDetector)
+from fedprivacy.privacy.detectors import (
+    DETECTORS,
+    ModelScoreDetector,
+    PatternDetector,
+    SpanDetector,
+)
 from fedprivacy.privacy.swing import SwingConfig
 
 pytestmark = pytest.mark.unit
