@@ -90,6 +90,25 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    """The registered methods, where their settings live, and each setting's default and help."""
+    import dataclasses
+
+    from fedprivacy.methods import registry
+
+    table = Table(title="registered methods (client.pipeline / strategy.name)")
+    for column in ("method", "kind", "settings", "help"):
+        table.add_column(column)
+    for method in registry.of_kind(*registry.KINDS).values():
+        table.add_row(method.name, method.kind,
+                      method.config_key if method.settings else "–", method.help)
+        for f in dataclasses.fields(method.settings) if method.settings else ():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            table.add_row("", "", f"  .{f.name} = {default!r}", f.metadata.get("help", ""))
+    console.print(table)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     debug_help = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
     p = argparse.ArgumentParser(prog="fedprivacy", description=__doc__)
@@ -117,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("--toml", action="store_true",
                         help="as Flower's flat run_config ([tool.flwr.app.config] lines)")
     config.set_defaults(fn=cmd_config)
+    methods = sub.add_parser("methods", help="list the registered methods and their settings",
+                             parents=[common])
+    methods.set_defaults(fn=cmd_methods)
     return p
 
 

@@ -100,3 +100,17 @@ def test_registry_refuses_a_second_owner_of_a_wire_key_or_section(shrink):
                                  settings=ShrinkConfig, section="shrink"))
     with pytest.raises(ValueError, match="needs a client_step"):
         registry.register(Method(name="other", kind="train", help=""))
+
+
+def test_methods_command_lists_every_registered_method(shrink, capsys):
+    # Prepare
+    from fedprivacy.simulations import cli
+
+    # Execute
+    code = cli.main(["methods"])
+    # Assert: the built-in methods and the toy one, with their settings sections
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("sft", "dp_sgd", "swing", "kd", "depn", "fedavg", "fewfedweight", "local",
+                 "shrink", "client.dp", "client.shrink", "strategy.fewfedweight"):
+        assert name in out, name
