@@ -37,18 +37,11 @@ from torch import nn
 from transformers import DynamicCache
 
 from fedprivacy.data.encoding import left_padded
-
-# Moved to fedprivacy.lm; re-exported until privacy/dp.py, tests/unit/test_exposure.py and
-# tests/integration/test_swing_model.py import them from there.
-from fedprivacy.lm import (  # noqa: F401
-    IGNORE_INDEX,
+from fedprivacy.lm import (
     evaluating,
     generate_ids,
     lm_logits,
     model_device,
-    position_ids,
-    sequence_perplexity,
-    token_nll,
 )
 
 
