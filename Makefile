@@ -23,7 +23,7 @@ test: $(STAMP)          ## lint, then the whole suite: unit, integration, end to
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)     ## the fast tier: unit tests (~15 s)
+test-fast: $(STAMP)     ## the fast tier: unit tests (~30 s)
 	$(BIN)/python -m pytest -m unit -q
 
 lint: $(STAMP)          ## ruff (the rules in pyproject.toml)

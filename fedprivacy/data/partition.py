@@ -22,7 +22,9 @@ def _flwr_partitions(
     partitioner.dataset = Dataset.from_dict(
         {"index": list(range(len(records))), "task": [r["task"] for r in records]}
     )
-    return [[records[i] for i in partitioner.load_partition(p)["index"]] for p in range(num_partitions)]
+    # one bulk read of the index column per partition (row-by-row access is slow)
+    return [[records[i] for i in partitioner.load_partition(p).to_dict()["index"]]
+            for p in range(num_partitions)]
 
 
 def _iid(records: list[Record], num_partitions: int, seed: int) -> list[list[Record]]:
