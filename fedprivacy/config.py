@@ -158,14 +158,15 @@ def _choice(cfg: Any, key: str, allowed: Any) -> None:
     _require(value in allowed, key, f"must be one of {sorted(allowed)}", value)
 
 
-def _walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf of a config dataclass."""
+def _walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, value, declared type) of every leaf of a config dataclass."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             yield from _walk(value, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", value
+            yield f"{prefix}{f.name}", value, hints[f.name]
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -176,7 +177,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     from fedprivacy.data.federated import SOURCES
     from fedprivacy.data.partition import SCHEMES
 
-    for key, value in _walk(cfg):
+    for key, value, _ in _walk(cfg):
         if isinstance(value, float):
             _require(math.isfinite(value), key, "must be a finite number", value)
     _choice(cfg, "data.source", SOURCES)
@@ -360,21 +361,8 @@ def _is_scalar_type(tp: Any) -> bool:
 
 def flatten(cfg: ExperimentConfig) -> FlatConfig:
     """Flatten to Flower's ``run_config``: dotted keys; lists become JSON strings."""
-    out: FlatConfig = {}
-
-    def walk(obj: Any, prefix: str) -> None:
-        hints = typing.get_type_hints(type(obj))
-        for f in dataclasses.fields(obj):
-            value, key = getattr(obj, f.name), f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(value):
-                walk(value, key + ".")
-            elif _is_scalar_type(hints[f.name]):
-                out[key] = value
-            else:
-                out[key] = json.dumps(value)
-
-    walk(cfg, "")
-    return out
+    return {key: value if _is_scalar_type(tp) else json.dumps(value)
+            for key, value, tp in _walk(cfg)}
 
 
 def unflatten(flat: dict[str, Any]) -> ExperimentConfig:

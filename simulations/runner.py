@@ -250,7 +250,6 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
     preflight(cfg)
     folder = RunFolder(cfg.out_dir)
     with folder.lock() as lock_fd:
-        folder.recover()  # a round a kill left in the checkpoint only
         folder.write_config(cfg)  # the ServerApp writes it too (also under `flwr run`)
         (folder.path / "summary.json").unlink(missing_ok=True)
         app_dir = folder.path / ".flwr-app"

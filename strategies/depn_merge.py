@@ -29,9 +29,10 @@ from fedprivacy.strategies.wrapper import StrategyWrapper
 def down_projection_keys(model: PreTrainedModel) -> dict[int, tuple[str, int]]:
     """``{layer: (state-dict key of its down projection, neuron axis)}``."""
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    view = sites.Sites(model)  # the site table resolved once
     out = {}
-    for layer in range(sites.num_layers(model)):
-        site = sites.ffn(model, layer)
+    for layer in range(view.num_layers):
+        site = view.ffn(layer)
         out[layer] = (names[id(site.weight)], site.neuron_axis)
     return out
 
