@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedprivacy.data.federated import DataConfig
@@ -96,6 +96,19 @@ class ServerConfig:
 
 
 @dataclass
+class AlignmentConfig:
+    """The server's alignment stage (`fedprivacy.alignment.stage`): registered ``align``
+    methods applied in order to the global model after the last round, and, with ``every`` =
+    k > 0, also to a copy of the global model after every k-th round (metrics only). Each
+    registered stage adds its settings section here (``alignment.<section>``). In YAML,
+    ``alignment: [ircan]`` is short for ``alignment: {stages: [ircan]}``."""
+
+    stages: list[str] = field(default_factory=list)
+    every: int = 0
+    threads: int = 0  # torch threads while the stages run (0: leave torch's setting)
+
+
+@dataclass
 class SimulationConfig:
     num_clients: int = 4
     cpus_per_client: int = 1
@@ -104,7 +117,7 @@ class SimulationConfig:
 
 
 EXPOSURE_ESTIMATORS = ("auto", "exact", "extrapolated", "digitwise")  # fedprivacy.privacy.ledger
-SERVER_EVAL_SOURCES = ("auto", "tasks", "public", "file")  # fedprivacy.data.federated
+SERVER_EVAL_SOURCES = ("auto", "tasks", "public", "file", "facts")  # fedprivacy.data.federated
 
 
 @dataclass
@@ -136,6 +149,7 @@ class ExperimentConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
 
 
 # Keys renamed since 0.1: an old key is refused with a message naming the new one.
@@ -211,6 +225,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if cfg.data.source == "files":
         _require(bool(cfg.data.path), "data.path", "must name a file when data.source=files",
                  cfg.data.path)
+    if cfg.data.source == "facts":
+        _validate_facts(cfg)
     if cfg.server.eval_source == "file":
         _require(bool(cfg.server.eval_path), "server.eval_path",
                  "must name a file when server.eval_source=file", cfg.server.eval_path)
@@ -221,6 +237,23 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(cfg.client.slow_step_seconds >= 0, "client.slow_step_seconds", "must be >= 0",
              cfg.client.slow_step_seconds)
     return cfg
+
+
+def _validate_facts(cfg: ExperimentConfig) -> None:
+    from fedprivacy.data.conflicts import NAMES
+
+    _require(cfg.data.partition != "by_task", "data.partition",
+             "data.source=facts is one corpus: use iid or dirichlet", cfg.data.partition)
+    facts = cfg.data.facts
+    _require(1 <= facts.entities < len(NAMES), "data.facts.entities",
+             f"must be in [1, {len(NAMES) - 1}]", facts.entities)
+    shares = ["follow_context", "fact_share", "closed_share", "conflict_share", "mcq_share"]
+    for name in shares:
+        value = getattr(facts, name)
+        _require(0 <= value <= 1, f"data.facts.{name}", "must be in [0, 1]", value)
+    total = facts.fact_share + facts.closed_share + facts.conflict_share
+    _require(total <= 1, "data.facts", "fact_share + closed_share + conflict_share must be "
+             "<= 1", total)
 
 
 def check_local_files(cfg: ExperimentConfig) -> None:
@@ -249,6 +282,16 @@ def _validate_methods(cfg: ExperimentConfig) -> None:
                  f"after the training step only {sorted(post)} may follow", pipeline)
     _require(len(set(pipeline)) == len(pipeline), key, "a step appears twice", pipeline)
     _choice(cfg, "strategy.name", registry.of_kind("strategy"))
+    stages, aligners = cfg.alignment.stages, registry.of_kind("align")
+    for name in stages:
+        _require(name in aligners, "alignment.stages", f"stages must be of {sorted(aligners)}",
+                 stages)
+    _require(len(set(stages)) == len(stages), "alignment.stages", "a stage appears twice",
+             stages)
+    _require(cfg.alignment.threads >= 0, "alignment.threads", "must be >= 0",
+             cfg.alignment.threads)
+    _require(cfg.alignment.every >= 0, "alignment.every", "must be >= 0 (0: after the last "
+             "round only)", cfg.alignment.every)
     for method in registry.of_kind(*registry.KINDS).values():
         settings = method.settings_of(cfg)
         hook = getattr(settings, "validate", None)
@@ -267,7 +310,8 @@ def schema() -> type[ExperimentConfig]:
     """`ExperimentConfig` with one settings section per registered method.
 
     ``client`` gains ``client.<section>`` for every client method, ``strategy`` gains
-    ``strategy.<section>`` for every strategy; rebuilt whenever the registry changes."""
+    ``strategy.<section>`` for every strategy, ``alignment`` gains ``alignment.<section>``
+    for every alignment stage; rebuilt whenever the registry changes."""
     from fedprivacy.methods import registry
 
     version = registry.version()
@@ -280,10 +324,13 @@ def schema() -> type[ExperimentConfig]:
                                             bases=(ClientConfig,))
         strategy = dataclasses.make_dataclass("StrategyConfig", sections("strategy"),
                                               bases=(StrategyConfig,))
+        alignment = dataclasses.make_dataclass("AlignmentConfig", sections("align"),
+                                               bases=(AlignmentConfig,))
         _SCHEMA.clear()
         _SCHEMA[version] = dataclasses.make_dataclass(
             "ExperimentConfig", [("client", client, field(default_factory=client)),
-                                 ("strategy", strategy, field(default_factory=strategy))],
+                                 ("strategy", strategy, field(default_factory=strategy)),
+                                 ("alignment", alignment, field(default_factory=alignment))],
             bases=(ExperimentConfig,))
     return _SCHEMA[version]
 
@@ -305,37 +352,44 @@ def _to_dataclass(merged: DictConfig) -> ExperimentConfig:
     return obj
 
 
-def _check_renamed(layer: DictConfig, source: str) -> None:
+def _upgrade_layer(layer: DictConfig, source: str) -> None:
+    """Refuse renamed keys; expand the YAML shorthand ``alignment: [stage, ...]`` in place."""
+    if isinstance(layer.get("alignment"), ListConfig):
+        layer.alignment = {"stages": list(layer.alignment)}
     for old, new in RENAMED.items():
         if OmegaConf.select(layer, old, default=None) is not None:
             raise ConfigError(f"{old}: renamed to {new}{source}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None
-                ) -> ExperimentConfig:
-    """Load a YAML file (or the embedded default) and apply ``key=value`` overrides.
+def load_config(path: str | Path | list[str | Path] | None = None,
+                overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML file (or several, later ones win; or the embedded default) and apply
+    ``key=value`` overrides.
 
     Raises `ConfigError` for a missing file, an unknown key or a wrong type, naming the
     file or key path.
     """
     layers: list[DictConfig] = [_structured()]
-    if path is not None:
-        file = Path(path).expanduser()
+    for item in [] if path is None else path if isinstance(path, list) else [path]:
+        file = Path(item).expanduser()
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
         try:
             layers.append(OmegaConf.load(file))
         except Exception as err:  # YAML syntax errors come in several types
             raise ConfigError(f"{file}: cannot parse YAML: {err}") from err
-        _check_renamed(layers[-1], f" (in {file})")
+        _upgrade_layer(layers[-1], f" (in {file})")
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override {bad[0]!r}: expected key=value")
-        # `key=` (what a shell makes of key='') means the empty string, not null
-        layers.append(OmegaConf.from_dotlist([o + "''" if o.endswith("=") else o
-                                              for o in overrides]))
-        _check_renamed(layers[-1], " (override)")
+        # `key=` (what a shell makes of key='') means the empty string, not null;
+        # `alignment=[...]` is the shorthand of `alignment.stages=[...]`
+        overrides = [o + "''" if o.endswith("=") else o for o in overrides]
+        overrides = ["alignment.stages=" + o.split("=", 1)[1] if o.startswith("alignment=")
+                     else o for o in overrides]
+        layers.append(OmegaConf.from_dotlist(overrides))
+        _upgrade_layer(layers[-1], " (override)")
     try:
         merged = OmegaConf.merge(*layers)
         cfg = _to_dataclass(merged)

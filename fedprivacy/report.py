@@ -218,6 +218,10 @@ class RunFolder:
     def summary(self) -> dict[str, Any]:
         return json.loads((self.path / "summary.json").read_text())
 
+    def add_to_summary(self, extra: dict[str, Any]) -> None:
+        """Merge ``extra`` into a finished run's summary (``fedprivacy align`` on the run)."""
+        self.write_summary({**self.summary(), **extra})
+
 
 def _fsync(path: Path) -> None:
     with path.open("rb+") as fh:
@@ -323,10 +327,28 @@ def _fmt(value: Any) -> str:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """A two-column Markdown table of the flattened summary."""
-    rows = [f"| {k} | {_fmt(v)} |" for k, v in flatten_dict(summary).items()]
-    return f"# Run {summary.get('name', '')}\n\n| metric | value |\n|---|---|\n" + \
+    """A two-column Markdown table of the flattened summary, then the alignment stages'
+    before/after table."""
+    plain = {k: v for k, v in summary.items() if k != "alignment"}
+    rows = [f"| {k} | {_fmt(v)} |" for k, v in flatten_dict(plain).items()]
+    text = f"# Run {summary.get('name', '')}\n\n| metric | value |\n|---|---|\n" + \
         "\n".join(rows) + "\n"
+    if summary.get("alignment"):
+        text += "\n## Alignment (server's held-out data)\n\n| stage | metric | before | after |\n" \
+                "|---|---|---|---|\n"
+        for stage, result in summary["alignment"].items():
+            pairs = [(k, v, result.get("after", {}).get(k))
+                     for k, v in result.get("before", {}).items()]
+            ppl = result.get("perplexity") or {}
+            if ppl.get("before") is not None:
+                pairs.append(("perplexity", ppl["before"], ppl["after"]))
+            text += "".join(f"| {stage} | {k} | {_fmt(b)} | {_fmt(a)} |\n" for k, b, a in pairs)
+            chosen = {k: v for k, v in (result.get("chosen") or {}).items()
+                      if not isinstance(v, dict)}
+            if chosen:
+                text += f"| {stage} | chosen on dev | " + \
+                    ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items()) + " | |\n"
+    return text
 
 
 def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:

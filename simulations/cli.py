@@ -1,8 +1,9 @@
-"""The ``fedprivacy`` command: run, resume, sweep, and inspect configs."""
+"""The ``fedprivacy`` command: run, resume, sweep, align, and inspect configs."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -78,6 +79,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from fedprivacy.alignment.align import align
+
+    folder = align(args.target, args.config, args.overrides, args.out,
+                   progress=not args.no_progress)
+    summary = json.loads((folder / "align_summary.json").read_text())
+    table = Table(title=f"alignment of {args.target}")
+    for column in ("stage", "metric", "before", "after"):
+        table.add_column(column, justify="left" if column in ("stage", "metric") else "right")
+    for stage, result in summary["alignment"].items():
+        for key, before in result.get("before", {}).items():
+            table.add_row(stage, key, f"{before:.4g}", f"{result['after'][key]:.4g}")
+        ppl = result.get("perplexity") or {}
+        if ppl.get("before") is not None:
+            table.add_row(stage, "perplexity", f"{ppl['before']:.4g}", f"{ppl['after']:.4g}")
+    console.print(table)
+    _say(f"aligned model: {folder / 'aligned'}; reports: {folder / 'alignment'}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg: ExperimentConfig = load_config(args.config, args.overrides)
     if args.toml:
@@ -130,6 +151,18 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="sweep folder (default runs/sweep-<name>-<time>)")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(fn=cmd_sweep)
+    align = sub.add_parser("align", parents=[common],
+                           help="apply the alignment stages (alignment.stages, default ircan) "
+                                "to a run folder, a save_pretrained folder or smollm2")
+    align.add_argument("target", help="MODEL_OR_RUN_DIR: a finished run folder, a "
+                                      "save_pretrained folder, or smollm2")
+    align.add_argument("config", nargs="?", help="YAML config layered on the run's (optional)")
+    align.add_argument("overrides", nargs="*", help="key=value overrides, e.g. "
+                                                    "alignment.ircan.h_grid=[4,8]")
+    align.add_argument("--out", help="output folder (default: the run folder, else "
+                                     "runs/align-<name>-<time>)")
+    align.add_argument("--no-progress", action="store_true")
+    align.set_defaults(fn=cmd_align)
     config = sub.add_parser("config", help="print the resolved config", parents=[common])
     config.add_argument("config", nargs="?")
     config.add_argument("overrides", nargs="*")

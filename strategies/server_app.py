@@ -8,6 +8,7 @@ builds or reads a client's data: its central evaluation uses the server's own se
 
 from __future__ import annotations
 
+import copy
 import time
 from logging import INFO, WARNING
 from pathlib import Path
@@ -19,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from transformers import PreTrainedModel
 
 from fedprivacy import wire
+from fedprivacy.alignment.stage import run_stages, save_aligned, summary_section
 from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import build_server_data
@@ -111,6 +113,10 @@ class ServerRun:
             record["no_valid_reply"] = True
             log(WARNING, "[fedprivacy] round %d had no valid train reply: the global model is "
                          "the previous round's", rnd)
+        every = self.cfg.alignment.every
+        if self.cfg.alignment.stages and every and rnd > 0 and rnd % every == 0 \
+                and rnd < self.cfg.rounds:
+            record["alignment"] = self.align_copy(arrays, rnd)
         # the checkpoint (round > 0) and the record commit as a pair: a kill loses neither
         self.folder.save_round(rnd, {k: a.numpy() for k, a in arrays.items()}, record)
         log(INFO, "[fedprivacy] round %d/%d: global eval loss %.4f (ppl %.2f), %d clients, "
@@ -119,18 +125,35 @@ class ServerRun:
             record["durations"]["round_s"])
         return MetricRecord(server)
 
+    def align_copy(self, arrays: ArrayRecord, rnd: int) -> dict:
+        """The alignment stages on a copy of round ``rnd``'s global model (metrics only)."""
+        model = copy.deepcopy(self.global_model.load(arrays))
+        report = run_stages(model, self.global_model.tokenizer, self.cfg,
+                            self.folder.path / "alignment" / f"round-{rnd}", self.eval_set)
+        return summary_section(report)
+
     def finish(self, arrays: ArrayRecord) -> dict:
-        """Save the final model (each configured method's ``finish`` applied) and the summary."""
+        """Save the final model (each configured method's ``finish`` applied), then the aligned
+        model (``aligned/``, when ``alignment.stages`` is set) and the summary."""
         model = self.global_model.load(arrays)
         rounds = self.folder.rounds()
         for method in registry.configured(self.cfg):
             if method.finish is not None:
                 method.finish(model, rounds)
         model.cpu().save_pretrained(self.folder.model_dir)
-        self.global_model.tokenizer.save_pretrained(self.folder.model_dir)
+        tokenizer = self.global_model.tokenizer
+        tokenizer.save_pretrained(self.folder.model_dir)
         failed = [int(r["round"]) for r in rounds if r.get("no_valid_reply")]
-        summary = summarize(self.cfg, rounds, self.started,
-                            extra={"rounds_without_valid_reply": failed})
+        extra: dict = {"rounds_without_valid_reply": failed}
+        if self.cfg.alignment.stages:
+            model.to(resolve_device(self.cfg.train.device))
+            report = run_stages(model, tokenizer, self.cfg, self.folder.path / "alignment",
+                                self.eval_set)
+            save_aligned(model.cpu(), tokenizer, self.folder.path / "aligned")
+            extra["alignment"] = summary_section(report)
+            log(INFO, "[fedprivacy] aligned model (%s): %s", "+".join(self.cfg.alignment.stages),
+                self.folder.path / "aligned")
+        summary = summarize(self.cfg, rounds, self.started, extra=extra)
         self.folder.write_summary(summary)
         log(INFO, "[fedprivacy] run finished: %s", self.folder.path)
         return summary

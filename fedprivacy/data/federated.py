@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedprivacy.data.conflicts import FactsConfig, FactWorld
 from fedprivacy.data.loaders import load_records
 from fedprivacy.data.partition import SCHEMES, partition_records
 from fedprivacy.data.pii import Canary, make_canaries, pii_corpus, public_corpus
 from fedprivacy.data.records import Record, derive_seed
 from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
 
-SOURCES = ("tasks", "pii", "files")
+SOURCES = ("tasks", "pii", "files", "facts")
 
 
 @dataclass
@@ -22,7 +23,7 @@ class CanaryConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "tasks"        # tasks | pii | files
+    source: str = "tasks"        # tasks | pii | files | facts (fedprivacy.data.conflicts)
     tasks: list[str] = field(default_factory=list)   # empty = all tasks in TASKS order
     partition: str = "by_task"   # by_task | iid | dirichlet
     dirichlet_alpha: float = 0.5
@@ -31,6 +32,7 @@ class DataConfig:
     test_per_client: int = 32
     pii_records: int = 200       # corpus sentences per client when source=pii
     canary: CanaryConfig = field(default_factory=CanaryConfig)
+    facts: FactsConfig = field(default_factory=FactsConfig)
     path: str = ""               # source=files: a JSONL/CSV/Parquet file
     prompt_field: str = ""
     completion_field: str = ""
@@ -85,8 +87,11 @@ def _pool(cfg: DataConfig, num_partitions: int, seed: int) -> list[Record]:
         return load_records(
             cfg.path, cfg.prompt_field or None, cfg.completion_field or None, cfg.text_field
         )
-    names = task_names(cfg)
     total = (cfg.train_per_client + cfg.val_per_client + cfg.test_per_client) * num_partitions
+    if cfg.source == "facts":
+        world = FactWorld.build(cfg.facts.entities, seed)
+        return world.corpus(total, cfg.facts, derive_seed(seed, "pool"))
+    names = task_names(cfg)
     share, extra = divmod(total, len(names))
     return [
         r
@@ -160,11 +165,14 @@ def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_parti
     ``tasks``: ``n`` examples of the clients' tasks generated with the server's own seed;
     ``public``: ``n`` generated PII-free sentences; ``file``: the records of ``path`` (a file
     only the server reads, with the data section's field names); ``auto``: ``tasks`` for
-    ``data.source=tasks``, else ``public``.
+    ``data.source=tasks``, the fact world's text drawn with the server's seed for
+    ``data.source=facts`` (the world is public, `fedprivacy.data.conflicts`), else ``public``.
     """
     if source == "auto":
-        source = "tasks" if cfg.source == "tasks" else "public"
+        source = cfg.source if cfg.source in ("tasks", "facts") else "public"
     server_seed = derive_seed(seed, "server")
+    if source == "facts":
+        return FactWorld.build(cfg.facts.entities, seed).corpus(n, cfg.facts, server_seed)
     if source == "file":
         return load_records(path, cfg.prompt_field or None, cfg.completion_field or None,
                             cfg.text_field, key="server.eval_path")

@@ -11,10 +11,13 @@ Kinds:
 - ``train``: a client training step; ``client.pipeline`` starts with exactly one.
 - ``post``: a client post-training step (runs after the training step, before the reply).
 - ``strategy``: a server strategy, chosen by ``strategy.name``.
+- ``align``: a server alignment stage applied to the global model (``alignment.stages``,
+  `fedprivacy.alignment.stage`), also by ``fedprivacy align`` on any saved model.
 
-A method's settings live under ``client.<section>`` (client kinds) or ``strategy.<section>``
-(strategies). Server-side code is named by an import path (``"package.module:attribute"``)
-so that this library layer never imports the Flower app layer; the app resolves it.
+A method's settings live under ``client.<section>`` (client kinds), ``strategy.<section>``
+(strategies) or ``alignment.<section>`` (alignment stages). Server-side code is named by an
+import path (``"package.module:attribute"``) so that this library layer never imports the
+Flower app layer; the app resolves it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from fedprivacy.config import ExperimentConfig
 
-Kind = Literal["train", "post", "strategy"]
-KINDS: tuple[Kind, ...] = ("train", "post", "strategy")
+Kind = Literal["train", "post", "strategy", "align"]
+KINDS: tuple[Kind, ...] = ("train", "post", "strategy", "align")
+ROOTS = {"train": "client", "post": "client", "strategy": "strategy", "align": "alignment"}
 Metrics = dict[str, Any]
 
 
@@ -64,6 +68,8 @@ class Method:
     - ``server``: ``"module:callable"``. For a strategy: ``build(ctx) -> Strategy``; for a client
       method: ``wrap(strategy, ctx) -> Strategy``, a server wrapper that the factory applies
       when the method is in the pipeline (`fedprivacy.strategies.factory`).
+    - ``stage(ctx) -> metrics``: for ``align`` methods; it edits ``ctx.model`` in place and
+      returns its report (`fedprivacy.alignment.stage.StageContext`).
     - ``finish(model, rounds) -> None``: applied by the server to the final global model before
       it is saved (``rounds``: the run's per-round records).
     - ``preflight(cfg, probe)``: raises a clear error before anything starts; ``probe`` has the
@@ -78,6 +84,7 @@ class Method:
     settings: type | None = None
     section: str | None = None
     client_step: Callable[[Any], Metrics] | None = None
+    stage: Callable[[Any], Metrics] | None = None
     server: str | None = None
     finish: Callable[[Any, list[dict]], None] | None = None
     preflight: Callable[[ExperimentConfig, Any], None] | None = None
@@ -86,8 +93,7 @@ class Method:
     @property
     def config_key(self) -> str:
         """The dotted config path of this method's settings section."""
-        root = "strategy" if self.kind == "strategy" else "client"
-        return f"{root}.{self.section or self.name}"
+        return f"{ROOTS[self.kind]}.{self.section or self.name}"
 
     def settings_of(self, cfg: ExperimentConfig) -> Any:
         """This method's settings in a resolved config (``None`` without settings)."""
@@ -115,6 +121,8 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r}: a {method.kind} method needs a client_step")
     if method.kind == "strategy" and method.server is None:
         raise ValueError(f"method {method.name!r}: a strategy needs a server builder")
+    if method.kind == "align" and method.stage is None:
+        raise ValueError(f"method {method.name!r}: an alignment stage needs a stage function")
     claimed = {key: m.name for m in _METHODS.values() if m.name != method.name
                for key in m.wire_keys}
     for key in method.wire_keys:
@@ -161,8 +169,10 @@ def of_kind(*kinds: Kind) -> dict[str, Method]:
 
 
 def configured(cfg: ExperimentConfig) -> list[Method]:
-    """The methods a config uses: its pipeline's client methods, then its strategy."""
-    return [get(name) for name in cfg.client.pipeline] + [get(cfg.strategy.name)]
+    """The methods a config uses: its pipeline's client methods, its strategy, then its
+    alignment stages in order."""
+    names = [*cfg.client.pipeline, cfg.strategy.name, *cfg.alignment.stages]
+    return [get(name) for name in names]
 
 
 def resolve(path: str) -> Any:
