@@ -35,6 +35,7 @@ test-e2e: $(STAMP)
 bench: $(STAMP)          ## every benchmark; each appends its figures to BENCHMARKS.md
 	$(BIN)/python bench/bench_overhead.py --write
 	$(BIN)/python bench/bench_attribution.py --write
+	$(BIN)/python bench/bench_ircan.py --write
 	$(BIN)/python bench/bench_aggregation.py --write
 	$(BIN)/python bench/bench_dp.py --write
 	$(BIN)/python bench/bench_client_import.py --write

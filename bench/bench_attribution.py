@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import transformers as tf
 from captum.attr import IntegratedGradients
-from record import append_result
+from record import print_and_record
 
 from fedprivacy import attribution, sites
 from fedprivacy.privacy import depn
@@ -155,10 +155,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    table = run(args)
-    print(table)
-    if args.write:
-        append_result(SECTION.removeprefix("## "), table, args.output)
+    print_and_record(SECTION, run(args), args.write, args.output)
 
 
 if __name__ == "__main__":

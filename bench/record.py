@@ -31,3 +31,10 @@ def append_result(section: str, table: str, path: Path = BENCHMARKS) -> None:
     body, tail = (rest, "") if nxt < 0 else (rest[:nxt], rest[nxt:])
     path.write_text(head + heading + body.rstrip("\n") + "\n" + entry + tail)
     print(f"\nappended to {path}")
+
+
+def print_and_record(section: str, table: str, write: bool, path: Path = BENCHMARKS) -> None:
+    """A bench's last step: print its table and, with ``--write``, append it to its section."""
+    print(table)
+    if write:
+        append_result(section.removeprefix("## "), table, path)

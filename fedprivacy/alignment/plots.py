@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def beta_curve(curve: list[dict[str, Any]], h: int, path: Path) -> None:
+def beta_curve(curve: list[dict[str, Any]], label: str, path: Path) -> None:
     """Accuracy and stubbornness rate against β (dev and test) at the chosen h."""
     import matplotlib
 
@@ -22,7 +22,7 @@ def beta_curve(curve: list[dict[str, Any]], h: int, path: Path) -> None:
                 color="tab:red", label=f"stubbornness ({split})")
     ax.set_xlabel("β (reweighting factor)")
     ax.set_ylabel("% of conflict items")
-    ax.set_title(f"IRCAN, h = {h} neurons")
+    ax.set_title(f"IRCAN, {label}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

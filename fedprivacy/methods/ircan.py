@@ -152,7 +152,7 @@ def ircan_stage(ctx: Any) -> dict[str, Any]:
     betas = sorted({0.0, 1.0, *s.beta_grid})
     curve = [{"beta": b, **{f"{split}_{k}": v for split, rows in (("dev", dev), ("test", test))
                             for k, v in edited(neurons, b, rows).items()}} for b in betas]
-    plots.beta_curve(curve, h, ctx.out / "beta_curve.png")
+    plots.beta_curve(curve, f"h = {h} ({len(neurons)} neurons)", ctx.out / "beta_curve.png")
     ircan.reweight(model, neurons, beta)  # the aligned model keeps the edit
     counts = ircan.neuron_counts(lists)
     report = {"before": original["test"], "after": table["ircan"], "table": table,
@@ -182,7 +182,10 @@ def ircan_preflight(cfg: Any, probe: Any) -> None:
     """IRCAN needs the FFN site table and a conflict set with enough items to split."""
     from fedprivacy import sites
 
-    sites.family(probe.model)  # UnsupportedArchitectureError names the model class
+    try:
+        sites.family(probe.model)
+    except sites.UnsupportedArchitectureError as err:
+        raise sites.UnsupportedArchitectureError(f"alignment stage 'ircan': {err}") from err
     settings: IRCANConfig = METHOD.settings_of(cfg)
     try:
         items = conflict_items(settings, cfg)

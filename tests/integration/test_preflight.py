@@ -35,13 +35,19 @@ def _expect_failure(tmp_path, overrides, error, match):
     assert not out.exists(), "a failed preflight must not write a run folder"
 
 
-def test_depn_on_an_unsupported_architecture(tmp_path):
-    # Prepare: a tiny BLOOM (no site table for it) saved as a local model folder
+def _bloom_folder(tmp_path):
+    """A tiny BLOOM (no site table for it) saved as a local model folder."""
     tok = load_tokenizer(ModelConfig())
     folder = tmp_path / "bloom"
     BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=16, n_layer=1, n_head=2)
                      ).save_pretrained(folder)
     tok.save_pretrained(folder)
+    return folder
+
+
+def test_depn_on_an_unsupported_architecture(tmp_path):
+    # Prepare
+    folder = _bloom_folder(tmp_path)
     # Execute / Assert
     _expect_failure(tmp_path, ["model.preset=", f"model.name_or_path={folder}",
                                "client.pipeline=[sft,depn]"],
@@ -119,3 +125,19 @@ def test_a_valid_config_passes(tmp_path, overrides):
                                      "data.test_per_client=8", *overrides])
     # Execute / Assert: no error
     assert preflight(cfg) is None
+
+
+def test_alignment_stage_without_its_data_is_named_before_any_round(tmp_path):
+    _expect_failure(tmp_path, ["alignment=[ircan]", "alignment.ircan.data=file",
+                               f"alignment.ircan.path={tmp_path / 'missing.jsonl'}"],
+                    ValueError, r"alignment stage 'ircan': alignment.ircan.path: no conflict "
+                                r"file at .*missing.jsonl")
+
+
+def test_alignment_stage_on_an_unsupported_architecture_is_named(tmp_path):
+    # Prepare: training alone would run on BLOOM, IRCAN cannot
+    folder = _bloom_folder(tmp_path)
+    # Execute / Assert
+    _expect_failure(tmp_path, ["model.preset=", f"model.name_or_path={folder}",
+                               "alignment=[ircan]"],
+                    UnsupportedArchitectureError, "alignment stage 'ircan': .*BloomForCausalLM")
