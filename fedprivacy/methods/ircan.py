@@ -2,10 +2,12 @@
 
 An alignment stage (``alignment.stages: [ircan]``). On the server's own conflict set
 (``alignment.ircan.data``): split dev/test; attribute every dev item (both gradient variants);
-pick h and β by dev accuracy on the grid; report on test the original model, IRCAN, ErCAN
+pick h and β by dev accuracy on the grid; report on test the original model, IRCAN (the best
+grid point), ErCAN
 (β = 0 on the same neurons), ERN/ErRN (random neurons, same h and β / β = 0, mean of
 ``random_draws``) and, with ``cad``, CAD and IRCAN-CAD; plot the β curve; leave the model
-reweighted at the chosen h and β.
+reweighted at the chosen h and β, unless no grid point beats the original on dev (then the
+model stays as it was and ``after`` equals ``before``; ``apply_if_worse`` edits anyway).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class IRCANConfig:
     max_new_tokens: int = field(default=10, metadata={"help": "greedy tokens per completion"})
     cad: bool = field(default=False, metadata={"help": "also report CAD and IRCAN-CAD"})
     cad_alpha: float = field(default=0.5, metadata={"help": "CAD strength alpha"})
+    apply_if_worse: bool = field(default=False, metadata={
+        "help": "edit the model even when no (h, beta) beats the original on dev (the paper "
+                "always applies the best grid point)"})
 
     def validate(self) -> None:
         check_choice(self.data, "data", DATA_SOURCES)
@@ -153,15 +158,19 @@ def ircan_stage(ctx: Any) -> dict[str, Any]:
     curve = [{"beta": b, **{f"{split}_{k}": v for split, rows in (("dev", dev), ("test", test))
                             for k, v in edited(neurons, b, rows).items()}} for b in betas]
     plots.beta_curve(curve, f"h = {h} ({len(neurons)} neurons)", ctx.out / "beta_curve.png")
-    ircan.reweight(model, neurons, beta)  # the aligned model keeps the edit
+    gain = best["accuracy"] - original["dev"]["accuracy"]
+    edited_model = gain > 0 or s.apply_if_worse
+    if edited_model:
+        ircan.reweight(model, neurons, beta)  # the aligned model keeps the edit
     counts = ircan.neuron_counts(lists)
-    report = {"before": original["test"], "after": table["ircan"], "table": table,
+    after = table["ircan"] if edited_model else original["test"]
+    report = {"before": original["test"], "after": after, "table": table, "dev_gain": gain,
               "chosen": {"h": h, "beta": beta, "variant": s.variant, "dev": best},
               "original_dev": original["dev"], "grid": grid, "beta_curve": curve,
               "jaccard_variants": overlap, "items": {"dev": len(dev), "test": len(test)},
               "neurons": [[layer, index, counts[(layer, index)]] for layer, index in neurons],
-              "applied": {"h": h, "beta": beta, "variant": s.variant,
-                          "neurons": [list(n) for n in neurons]}}
+              "applied": {"h": h, "beta": beta, "variant": s.variant, "edited": edited_model,
+                          "neurons": [list(n) for n in neurons] if edited_model else []}}
     (ctx.out / "table.md").write_text(ircan_table_markdown(table))
     return report
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 SMALL_IRCAN = ["alignment.ircan.items=12", "alignment.ircan.steps=4",
                "alignment.ircan.h_grid=[2,4]", "alignment.ircan.beta_grid=[2,4]",
                "alignment.ircan.random_draws=2", "alignment.ircan.max_new_tokens=2",
-               "alignment.threads=1"]
+               "alignment.threads=1", "alignment.ircan.apply_if_worse=true"]
 FAST = ["data.source=facts", "data.partition=iid", "train.steps=5",
         "data.train_per_client=32", "data.val_per_client=8", "simulation.num_clients=2",
         "strategy.min_clients=2", "rounds=2", "alignment=[ircan]", "alignment.every=1",

@@ -129,9 +129,8 @@ def test_cad_with_alpha_zero_is_greedy_decoding_and_mcq_scores_letters(model, to
     assert set(metrics) == {"accuracy", "stubbornness"}
 
 
-def test_stage_on_a_plain_model_writes_reports_and_an_aligned_model(tmp_path):
-    # Prepare: the project's tiny preset on the fact world, untrained (the stage must run
-    # and record; the effect is shown by the trained runs in README.md)
+def _stage_run(tmp_path, extra):
+    """The stage on the project's tiny preset, untrained, on the fact world."""
     from fedprivacy.alignment.stage import run_stages, save_aligned
     from fedprivacy.config import load_config
     from fedprivacy.models import build_model, load_tokenizer
@@ -140,27 +139,42 @@ def test_stage_on_a_plain_model_writes_reports_and_an_aligned_model(tmp_path):
                              "model.hidden_size=32", "model.num_layers=2",
                              "alignment.ircan.items=8", "alignment.ircan.steps=2",
                              "alignment.ircan.h_grid=[1,2]", "alignment.ircan.beta_grid=[3]",
-                             "alignment.ircan.random_draws=2", "alignment.ircan.max_new_tokens=2"])
+                             "alignment.ircan.random_draws=2",
+                             "alignment.ircan.max_new_tokens=2", *extra])
     tok = load_tokenizer(cfg.model)
     model = build_model(cfg.model, tok, 0).eval()
-
-    # Execute
+    before = {n: p.clone() for n, p in model.named_parameters()}
     report = run_stages(model, tok, cfg, tmp_path / "alignment")
     save_aligned(model, tok, tmp_path / "aligned")
+    return report["ircan"], before, model
+
+
+def test_stage_writes_reports_and_an_aligned_model_that_records_the_edit(tmp_path):
+    # Execute: apply_if_worse, so the untrained model is edited whatever dev says
+    result, _, model = _stage_run(tmp_path, ["alignment.ircan.apply_if_worse=true"])
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "aligned")
 
     # Assert
-    result = report["ircan"]
     assert set(result["table"]) == {"original", "ircan", "ercan", "ern", "errn"}
     assert len(result["grid"]) == 2 and result["chosen"]["h"] in (1, 2)
     assert result["items"] == {"dev": 4, "test": 4}
     for name in ("data.jsonl", "beta_curve.png", "table.md", "report.json"):
         assert (tmp_path / "alignment" / "ircan" / name).is_file(), name
     applied = loaded.config.fedprivacy_alignment
-    assert applied[0]["stage"] == "ircan" and applied[0]["beta"] == 3.0
+    assert applied[0]["stage"] == "ircan" and applied[0]["beta"] == 3.0 and applied[0]["edited"]
     assert sum(len(e["indices"]) for e in loaded.config.fedprivacy_edits) == \
-        len(applied[0]["neurons"])
+        len(applied[0]["neurons"]) > 0
     for name, p in loaded.named_parameters():
         torch.testing.assert_close(p, dict(model.named_parameters())[name])
     rows = [json.loads(line) for line in (tmp_path / "alignment/ircan/data.jsonl").open()]
     assert {r["split"] for r in rows} == {"dev", "test"}
+
+
+def test_stage_leaves_the_model_alone_when_nothing_beats_it_on_dev(tmp_path):
+    # Execute: an untrained model answers no conflict, so no grid point gains on dev
+    result, before, model = _stage_run(tmp_path, [])
+
+    # Assert
+    assert result["dev_gain"] <= 0 and not result["applied"]["edited"]
+    assert result["after"] == result["before"]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
