@@ -179,15 +179,16 @@ def _ig_at_position(
     layers: list[int],
     baseline: torch.Tensor,
     alphas: torch.Tensor,
-    variant: Variant,
+    variants: tuple[Variant, ...],
     batch_size: int,
 ) -> torch.Tensor:
-    """IG [len(layers), d_ff] of Σ_y P(y) at the runner's position (module docstring)."""
+    """IG [len(variants), len(layers), d_ff] of Σ_y P(y) at the runner's position (module
+    docstring); the variants share the gradients and differ only in their step weights."""
     steps = alphas.numel()
     reference = resolved.ffn(layers[0]).weight
     dtype = torch.promote_types(reference.dtype, torch.float32)
     alpha = alphas.to(reference.device, dtype)[:, None]
-    weight = alpha if variant == "endpoint" else torch.ones_like(alpha)
+    weights = [alpha if v == "endpoint" else torch.ones_like(alpha) for v in variants]
     start = baseline.to(reference.device, dtype)
     start = torch.broadcast_to(start, (len(layers), start.shape[-1]))
     per_chunk = max(1, batch_size // steps)
@@ -206,9 +207,10 @@ def _ig_at_position(
             target = torch.softmax(logits, dim=-1)[:, token_ids].sum()
             grads = torch.autograd.grad(target, [h.points for h in hooks])
         out += [
-            (h.end - start[j]) / steps * (weight * g).sum(0) for j, h, g in zip(chunk, hooks, grads)
+            torch.stack([(h.end - start[j]) / steps * (w * g).sum(0) for w in weights])
+            for j, h, g in zip(chunk, hooks, grads)
         ]
-    return torch.stack(out)
+    return torch.stack(out, dim=1)
 
 
 def integrated_gradients(
@@ -220,10 +222,10 @@ def integrated_gradients(
     baseline: torch.Tensor | None = None,
     steps: int = 20,
     grid: Grid = "left",
-    variant: Variant = "standard",
+    variant: Variant | Sequence[Variant] = "standard",
     fast: bool | None = None,
     batch_size: int = 256,
-) -> torch.Tensor:
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """Integrated gradients of FFN neurons for the probability of target tokens.
 
     Args:
@@ -239,16 +241,19 @@ def integrated_gradients(
         steps: m, the number of Riemann steps, run as one batch.
         grid: "left" (α = 0…(m−1)/m) or "right" (α = 1/m…1).
         variant: "standard" IG (∇ at the interpolated point) or "endpoint" (∇ w.r.t. the end
-            point, as the IRCAN code does: each term weighted by α_k).
+            point, as the IRCAN code does: each term weighted by α_k); a sequence of them
+            computes all from the same gradients and returns ``{variant: result}``.
         fast: use the prefix-cache path (default: whenever the family is causal).
         batch_size: rows per forward pass; one layer's m steps are never split.
 
     Returns:
         [d_ff] for an int ``layers``, else [len(layers), d_ff]; on the model's device, in
-        float32 or the model's wider float type.
+        float32 or the model's wider float type (a dict of them for several variants).
     """
-    if variant not in ("standard", "endpoint"):
-        raise ValueError(f"variant must be 'standard' or 'endpoint', got {variant!r}")
+    variants = (variant,) if isinstance(variant, str) else tuple(variant)
+    for v in variants:
+        if v not in ("standard", "endpoint"):
+            raise ValueError(f"variant must be 'standard' or 'endpoint', got {v!r}")
     batch = _as_batch(input_ids)
     if batch.shape[0] != 1:
         raise ValueError(f"integrated_gradients takes one sequence, got shape {tuple(batch.shape)}")
@@ -275,7 +280,10 @@ def integrated_gradients(
         for position in sorted(grouped):
             runner.advance(position)
             att = _ig_at_position(
-                resolved, runner, grouped[position], layer_ids, start, alphas, variant, batch_size
+                resolved, runner, grouped[position], layer_ids, start, alphas, variants,
+                batch_size
             )
             total = att if total is None else total + att
-    return total[0] if isinstance(layers, int) else total
+    if isinstance(layers, int):
+        total = total[:, 0]
+    return total[0] if isinstance(variant, str) else dict(zip(variants, total))

@@ -34,10 +34,12 @@ Neuron = tuple[int, int]  # (layer, index)
 
 
 def context_attribution(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                        item: ConflictItem, *, steps: int = 20, variant: Variant = "standard",
-                        grid: Grid = "left", layers: Sequence[int] | None = None,
-                        batch_size: int = 256) -> torch.Tensor:
-    """Eq. 1 for one item: [layers, d_ff] scores of P(first token of the context answer)."""
+                        item: ConflictItem, *, steps: int = 20,
+                        variant: Variant | Sequence[Variant] = "standard", grid: Grid = "left",
+                        layers: Sequence[int] | None = None,
+                        batch_size: int = 256) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Eq. 1 for one item: [layers, d_ff] scores of P(first token of the context answer)
+    (``{variant: scores}`` for several variants, from the same gradients)."""
     with_context = torch.tensor(prompt_ids(tokenizer, item.prompt))
     without = torch.tensor(prompt_ids(tokenizer, item.query))
     device = next(model.parameters()).device
@@ -112,14 +114,14 @@ class Attribution:
 def attribute_items(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
                     items: Sequence[ConflictItem], *, steps: int, grid: Grid,
                     threshold_ratio: float, top: int, progress: bool = False) -> Attribution:
-    """Steps 1–2 for every item in both gradient variants (one selects, the other gives the
-    overlap the paper's two formulations have)."""
+    """Steps 1–2 for every item in both gradient variants, from one pass (one selects, the
+    other gives the overlap the paper's two formulations have)."""
     from tqdm import tqdm
 
     out: dict[str, list[list[Neuron]]] = {"standard": [], "endpoint": []}
     for item in tqdm(items, desc="IRCAN attribution", disable=not progress, leave=False):
-        for variant in ("standard", "endpoint"):
-            scores = context_attribution(model, tokenizer, item, steps=steps,
-                                         variant=variant, grid=grid)  # type: ignore[arg-type]
-            out[variant].append(candidates(scores, threshold_ratio, top))
+        scores = context_attribution(model, tokenizer, item, steps=steps, variant=tuple(out),
+                                     grid=grid)
+        for variant, per_variant in scores.items():  # type: ignore[union-attr]
+            out[variant].append(candidates(per_variant, threshold_ratio, top))
     return Attribution(out["standard"], out["endpoint"])

@@ -117,46 +117,50 @@ def ircan_stage(ctx: Any) -> dict[str, Any]:
             for item in rows:
                 f.write(json.dumps({"split": split, **item.to_json()}) + "\n")
 
-    def score(rows: list, cad: bool = False) -> dict[str, float]:
-        return evaluate_conflicts(model, tok, rows, s.max_new_tokens,
-                                  s.cad_alpha if cad else None)
+    splits = {"dev": dev, "test": test}
+    seen: dict[tuple, dict[str, float]] = {}
 
-    def edited(neurons: list, beta: float, rows: list, cad: bool = False) -> dict[str, float]:
-        handle = ircan.reweight(model, neurons, beta)
-        try:
-            return score(rows, cad)
-        finally:
-            handle.undo()
+    def edited(neurons: list, beta: float, split: str, cad: bool = False) -> dict[str, float]:
+        """Metrics of ``split`` with ``neurons`` × β (β = 1: the model as it is), each
+        combination evaluated once: the grid, the table and the β curve share them."""
+        identity = not neurons or beta == 1.0
+        key = ((), 1.0, split, cad) if identity else (tuple(neurons), beta, split, cad)
+        if key not in seen:
+            handle = None if identity else ircan.reweight(model, neurons, beta)
+            try:
+                seen[key] = evaluate_conflicts(model, tok, splits[split], s.max_new_tokens,
+                                               s.cad_alpha if cad else None)
+            finally:
+                if handle is not None:
+                    handle.undo()
+        return seen[key]
 
-    original = {"dev": score(dev), "test": score(test)}
+    original = {"dev": edited([], 1.0, "dev"), "test": edited([], 1.0, "test")}
     found = ircan.attribute_items(model, tok, dev, steps=s.steps, grid=s.grid,  # type: ignore[arg-type]
                                   threshold_ratio=s.threshold_ratio, top=s.per_item,
                                   progress=ctx.progress)
     lists = found.lists(s.variant)  # type: ignore[arg-type]
-    grid = []
-    for h in s.h_grid:
-        neurons = ircan.most_frequent(lists, h)
-        for beta in s.beta_grid:
-            grid.append({"h": h, "beta": beta, "selected": len(neurons),
-                         **edited(neurons, beta, dev)})
+    selections = {h: ircan.most_frequent(lists, h) for h in s.h_grid}
+    grid = [{"h": h, "beta": beta, "selected": len(selections[h]),
+             **edited(selections[h], beta, "dev")} for h in s.h_grid for beta in s.beta_grid]
     best = max(grid, key=lambda r: (r["accuracy"], -r["stubbornness"]))
     h, beta = int(best["h"]), float(best["beta"])
-    neurons = ircan.most_frequent(lists, h)
+    neurons = selections[h]
     other = "endpoint" if s.variant == "standard" else "standard"
     overlap = ircan.jaccard(neurons, ircan.most_frequent(found.lists(other), h))  # type: ignore[arg-type]
     draws = [ircan.random_neurons(model, len(neurons), derive_seed(ctx.seed, "ern", k))
              for k in range(s.random_draws)]
     table = {"original": original["test"],
-             "ircan": edited(neurons, beta, test),
-             "ercan": edited(neurons, 0.0, test),
-             "ern": _mean([edited(r, beta, test) for r in draws]),
-             "errn": _mean([edited(r, 0.0, test) for r in draws])}
+             "ircan": edited(neurons, beta, "test"),
+             "ercan": edited(neurons, 0.0, "test"),
+             "ern": _mean([edited(r, beta, "test") for r in draws]),
+             "errn": _mean([edited(r, 0.0, "test") for r in draws])}
     if s.cad:
-        table["cad"] = score(test, cad=True)
-        table["ircan_cad"] = edited(neurons, beta, test, cad=True)
+        table["cad"] = edited([], 1.0, "test", cad=True)
+        table["ircan_cad"] = edited(neurons, beta, "test", cad=True)
     betas = sorted({0.0, 1.0, *s.beta_grid})
-    curve = [{"beta": b, **{f"{split}_{k}": v for split, rows in (("dev", dev), ("test", test))
-                            for k, v in edited(neurons, b, rows).items()}} for b in betas]
+    curve = [{"beta": b, **{f"{split}_{k}": v for split in splits
+                            for k, v in edited(neurons, b, split).items()}} for b in betas]
     plots.beta_curve(curve, f"h = {h} ({len(neurons)} neurons)", ctx.out / "beta_curve.png")
     gain = best["accuracy"] - original["dev"]["accuracy"]
     edited_model = gain > 0 or s.apply_if_worse

@@ -178,3 +178,15 @@ def test_stage_leaves_the_model_alone_when_nothing_beats_it_on_dev(tmp_path):
     assert result["dev_gain"] <= 0 and not result["applied"]["edited"]
     assert result["after"] == result["before"]
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_both_variants_from_one_pass_equal_separate_passes(model, tok):
+    # Execute
+    both = ircan.context_attribution(model, tok, ITEM, steps=5,
+                                     variant=("standard", "endpoint"))
+
+    # Assert
+    for variant in ("standard", "endpoint"):
+        torch.testing.assert_close(
+            both[variant], ircan.context_attribution(model, tok, ITEM, steps=5, variant=variant),
+            rtol=0, atol=0)
