@@ -6,6 +6,7 @@ Every function runs the model in eval mode and leaves its train/eval mode as it 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -25,6 +26,17 @@ from fedprivacy.lm import (
 )
 
 Batch = dict[str, torch.Tensor]
+
+
+def server_eval_set(cfg: Any, tokenizer: PreTrainedTokenizerBase) -> Batch:
+    """The server's own evaluation set (``server.*``, never a client's data), encoded."""
+    from fedprivacy.data.encoding import encode_records
+    from fedprivacy.data.federated import build_server_data
+
+    sc = cfg.server
+    records = build_server_data(cfg.data, sc.eval_source, sc.eval_path, sc.eval_records,
+                                cfg.simulation.num_clients, cfg.seed)
+    return encode_records(tokenizer, records, cfg.data.max_length, on_overflow="truncate")
 
 
 @torch.no_grad()

@@ -326,6 +326,15 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def alignment_rows(result: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(metric, before, after) of one stage's summary section, perplexity last."""
+    rows = [(k, v, result.get("after", {}).get(k)) for k, v in result.get("before", {}).items()]
+    ppl = result.get("perplexity") or {}
+    if ppl.get("before") is not None:
+        rows.append(("perplexity", ppl["before"], ppl["after"]))
+    return rows
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A two-column Markdown table of the flattened summary, then the alignment stages'
     before/after table."""
@@ -337,12 +346,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         text += "\n## Alignment (server's held-out data)\n\n| stage | metric | before | after |\n" \
                 "|---|---|---|---|\n"
         for stage, result in summary["alignment"].items():
-            pairs = [(k, v, result.get("after", {}).get(k))
-                     for k, v in result.get("before", {}).items()]
-            ppl = result.get("perplexity") or {}
-            if ppl.get("before") is not None:
-                pairs.append(("perplexity", ppl["before"], ppl["after"]))
-            text += "".join(f"| {stage} | {k} | {_fmt(b)} | {_fmt(a)} |\n" for k, b, a in pairs)
+            text += "".join(f"| {stage} | {k} | {_fmt(b)} | {_fmt(a)} |\n"
+                            for k, b, a in alignment_rows(result))
             chosen = {k: v for k, v in (result.get("chosen") or {}).items()
                       if not isinstance(v, dict)}
             if chosen:

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedprivacy.config import ConfigError, ExperimentConfig, flatten, load_config, to_yaml
-from fedprivacy.report import flatten_dict
+from fedprivacy.report import alignment_rows, flatten_dict
 from fedprivacy.simulations.errors import describe
 
 console = Console()
@@ -89,11 +89,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     for column in ("stage", "metric", "before", "after"):
         table.add_column(column, justify="left" if column in ("stage", "metric") else "right")
     for stage, result in summary["alignment"].items():
-        for key, before in result.get("before", {}).items():
-            table.add_row(stage, key, f"{before:.4g}", f"{result['after'][key]:.4g}")
-        ppl = result.get("perplexity") or {}
-        if ppl.get("before") is not None:
-            table.add_row(stage, "perplexity", f"{ppl['before']:.4g}", f"{ppl['after']:.4g}")
+        for key, before, after in alignment_rows(result):
+            table.add_row(stage, key, f"{before:.4g}", f"{after:.4g}")
     console.print(table)
     _say(f"aligned model: {folder / 'aligned'}; reports: {folder / 'alignment'}")
     return 0

@@ -22,10 +22,8 @@ from transformers import PreTrainedModel
 from fedprivacy import wire
 from fedprivacy.alignment.stage import run_stages, save_aligned, summary_section
 from fedprivacy.config import ExperimentConfig, unflatten
-from fedprivacy.data.encoding import encode_records
-from fedprivacy.data.federated import build_server_data
 from fedprivacy.editing import EDITS_KEY
-from fedprivacy.evaluation import evaluate_loss, perplexity
+from fedprivacy.evaluation import evaluate_loss, perplexity, server_eval_set
 from fedprivacy.methods import registry
 from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer, resolve_device
 from fedprivacy.report import RunFolder, summarize
@@ -60,11 +58,7 @@ class ServerRun:
         self.folder = RunFolder(cfg.out_dir or Path("runs") / f"{cfg.name}-{int(time.time())}")
         self.folder.write_config(cfg)  # also under `flwr run` and in deployments
         self.global_model = GlobalModel(cfg)
-        sc = cfg.server
-        records = build_server_data(cfg.data, sc.eval_source, sc.eval_path, sc.eval_records,
-                                    cfg.simulation.num_clients, cfg.seed)
-        self.eval_set = encode_records(self.global_model.tokenizer, records, cfg.data.max_length,
-                                       on_overflow="truncate")
+        self.eval_set = server_eval_set(cfg, self.global_model.tokenizer)
         self.started = time.time()
 
     def run(self) -> dict:

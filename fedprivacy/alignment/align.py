@@ -29,11 +29,12 @@ def resolve_target(target: str, config: str | None, overrides: list[str]
                    ) -> tuple[Any, Path | None]:
     """The config to align with and, for a run folder, the folder."""
     path = Path(target).expanduser()
-    layers = [str(path / "config.yaml")] if _is_run_folder(path) else []
+    run = _is_run_folder(path)
+    layers = [str(path / "config.yaml")] if run else []
     if config:
         layers.append(config)
     extra = list(overrides)
-    if not _is_run_folder(path):
+    if not run:
         if target == SMOLLM2:
             from fedprivacy.models import SMOLLM2_GGUF, smollm2_folder
 
@@ -48,7 +49,7 @@ def resolve_target(target: str, config: str | None, overrides: list[str]
     cfg = load_config(layers or None, extra)
     if not cfg.alignment.stages:
         cfg.alignment.stages = list(DEFAULT_STAGES)
-    return cfg, path if _is_run_folder(path) else None
+    return cfg, path if run else None
 
 
 def align(target: str, config: str | None = None, overrides: list[str] | None = None,
@@ -56,17 +57,15 @@ def align(target: str, config: str | None = None, overrides: list[str] | None = 
     """Apply ``alignment.stages`` to the target model; return the folder written
     (``alignment/``, ``aligned/``, ``align_summary.json``, ``align_config.yaml``)."""
     from fedprivacy.alignment.stage import run_stages, save_aligned, summary_section
-    from fedprivacy.data.encoding import encode_records
-    from fedprivacy.data.federated import build_server_data
+    from fedprivacy.config import ModelConfig
+    from fedprivacy.evaluation import server_eval_set
     from fedprivacy.methods import registry
     from fedprivacy.models import build_model, load_tokenizer, resolve_device
 
     cfg, run_dir = resolve_target(target, config, overrides or [])
     if run_dir is not None:
         RunFolder(run_dir).check_unlocked()
-        model_cfg = [f"model.name_or_path={run_dir / 'model'}", "model.preset=",
-                     "model.gguf_file="]
-        model_source = load_config(None, model_cfg).model
+        model_source = ModelConfig(preset="", name_or_path=str(run_dir / "model"))
     else:
         model_source = cfg.model
     folder = Path(out) if out else run_dir or Path("runs") / f"align-{Path(target).name}-" \
@@ -80,10 +79,7 @@ def align(target: str, config: str | None = None, overrides: list[str] | None = 
         method = registry.get(name)
         if method.preflight is not None:
             method.preflight(cfg, probe)
-    sc = cfg.server
-    records = build_server_data(cfg.data, sc.eval_source, sc.eval_path, sc.eval_records,
-                                cfg.simulation.num_clients, cfg.seed)
-    eval_set = encode_records(tokenizer, records, cfg.data.max_length, on_overflow="truncate")
+    eval_set = server_eval_set(cfg, tokenizer)
     started = time.time()
     (folder / "align_config.yaml").write_text(to_yaml(cfg))
     report = run_stages(model, tokenizer, cfg, folder / "alignment", eval_set, progress)
