@@ -117,7 +117,7 @@ class SimulationConfig:
 
 
 EXPOSURE_ESTIMATORS = ("auto", "exact", "extrapolated", "digitwise")  # fedprivacy.privacy.ledger
-SERVER_EVAL_SOURCES = ("auto", "tasks", "public", "file", "facts")  # fedprivacy.data.federated
+SERVER_EVAL_SOURCES = ("auto", "tasks", "public", "file", "facts", "concepts")  # fedprivacy.data.federated
 
 
 @dataclass
@@ -227,6 +227,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                  cfg.data.path)
     if cfg.data.source == "facts":
         _validate_facts(cfg)
+    if cfg.data.source == "concepts":
+        _validate_concepts(cfg)
     if cfg.server.eval_source == "file":
         _require(bool(cfg.server.eval_path), "server.eval_path",
                  "must name a file when server.eval_source=file", cfg.server.eval_path)
@@ -254,6 +256,24 @@ def _validate_facts(cfg: ExperimentConfig) -> None:
     total = facts.fact_share + facts.closed_share + facts.conflict_share
     _require(total <= 1, "data.facts", "fact_share + closed_share + conflict_share must be "
              "<= 1", total)
+
+
+def _validate_concepts(cfg: ExperimentConfig) -> None:
+    from fedprivacy.data.concept_world import EVENTS
+
+    _require(cfg.data.partition != "by_task", "data.partition",
+             "data.source=concepts is one corpus: use iid or dirichlet", cfg.data.partition)
+    world = cfg.data.concepts
+    _require(len(world.emotions) >= 2 and set(world.emotions) <= set(EVENTS),
+             "data.concepts.emotions", f"must name >= 2 of {sorted(EVENTS)}", world.emotions)
+    _require(bool(world.shares) and min(world.shares) > 0, "data.concepts.shares",
+             "must be positive shares, one per language", world.shares)
+    for name in ("parallel_share", "neutral_share"):
+        value = getattr(world, name)
+        _require(0 <= value <= 1, f"data.concepts.{name}", "must be in [0, 1]", value)
+    _require(world.parallel_share + world.neutral_share <= 1, "data.concepts",
+             "parallel_share + neutral_share must be <= 1",
+             world.parallel_share + world.neutral_share)
 
 
 def check_local_files(cfg: ExperimentConfig) -> None:

