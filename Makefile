@@ -36,6 +36,7 @@ bench: $(STAMP)          ## every benchmark; each appends its figures to BENCHMA
 	$(BIN)/python bench/bench_overhead.py --write
 	$(BIN)/python bench/bench_attribution.py --write
 	$(BIN)/python bench/bench_ircan.py --write
+	$(BIN)/python bench/bench_steering.py --write
 	$(BIN)/python bench/bench_aggregation.py --write
 	$(BIN)/python bench/bench_dp.py --write
 	$(BIN)/python bench/bench_client_import.py --write

