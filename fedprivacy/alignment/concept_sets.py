@@ -139,16 +139,14 @@ def continuations(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts:
     return generate_texts(model, tok, ids, max_new_tokens, batch_size=16)
 
 
-def neutral_perplexity(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts: list[str],
-                       max_length: int = 64, batch_size: int = 64) -> float:
-    """Perplexity of ``texts`` (every token after the first)."""
+def encode_texts(tok: PreTrainedTokenizerBase, texts: list[str], max_length: int = 64
+                 ) -> dict[str, torch.Tensor]:
+    """``texts`` encoded for a perplexity (every token after the first is scored)."""
     from fedprivacy.data.encoding import encode_records
     from fedprivacy.data.records import make_record
-    from fedprivacy.evaluation import evaluate_loss, perplexity
 
-    encoded = encode_records(tok, [make_record("", t, "neutral") for t in texts], max_length,
-                             on_overflow="truncate")
-    return perplexity(evaluate_loss(model, encoded, batch_size)[0])
+    return encode_records(tok, [make_record("", t, "neutral") for t in texts], max_length,
+                          on_overflow="truncate")
 
 
 # --- the tiny emotion world ------------------------------------------------------------------

@@ -43,8 +43,20 @@ class StageContext:
     progress: bool = False
 
 
-def _perplexity(model: PreTrainedModel, eval_set: dict[str, torch.Tensor] | None,
-                batch_size: int) -> float | None:
+def require_sites(stage: str, model: PreTrainedModel) -> None:
+    """A stage's preflight: the model's architecture has a site table; the error names the
+    stage."""
+    from fedprivacy import sites
+
+    try:
+        sites.family(model)
+    except sites.UnsupportedArchitectureError as err:
+        raise sites.UnsupportedArchitectureError(f"alignment stage {stage!r}: {err}") from err
+
+
+def perplexity_of(model: PreTrainedModel, eval_set: dict[str, torch.Tensor] | None,
+                  batch_size: int) -> float | None:
+    """Perplexity of ``model`` on an encoded set (None without one)."""
     if eval_set is None:
         return None
     from fedprivacy.evaluation import evaluate_loss, perplexity
@@ -78,12 +90,12 @@ def _run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Any, o
                            cfg.seed, progress)
         ctx.out.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        ppl_before = _perplexity(model, eval_set, batch)
+        ppl_before = perplexity_of(model, eval_set, batch)
         try:
             result = method.stage(ctx)  # type: ignore[misc]
         except (ValueError, RuntimeError, KeyError) as err:
             raise AlignmentError(f"alignment stage {name!r} failed: {err}") from err
-        result["perplexity"] = {"before": ppl_before, "after": _perplexity(model, eval_set, batch)}
+        result["perplexity"] = {"before": ppl_before, "after": perplexity_of(model, eval_set, batch)}
         result["seconds"] = time.time() - started
         (ctx.out / "report.json").write_text(json.dumps(result, indent=2, default=float))
         applied.append({"stage": name, **result.get("applied", {})})

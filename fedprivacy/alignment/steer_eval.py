@@ -9,7 +9,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedprivacy import concepts
-from fedprivacy.alignment.concept_sets import ConceptSet, neutral_perplexity
+from fedprivacy.alignment.concept_sets import ConceptSet, encode_texts
+from fedprivacy.alignment.stage import perplexity_of
 
 
 def pair_states(model: PreTrainedModel, tok: PreTrainedTokenizerBase, cs: ConceptSet,
@@ -57,6 +58,7 @@ class Sweep:
         self.model, self.tok, self.cs = model, tok, cs
         self.ppl_texts, self.max_length = ppl_texts, max_length
         self._seen: dict[tuple, dict[str, float]] = {}
+        self._neutral: dict[str, dict[str, torch.Tensor]] = {}  # encoded once per language
 
     def _steering(self, vector: torch.Tensor | None, layer: int, alpha: float):
         if vector is None or alpha == 0:
@@ -70,11 +72,12 @@ class Sweep:
         base = vector is None or alpha == 0
         key = ("base", 0.0, language, split) if base else (name, alpha, language, split)
         if key not in self._seen:
-            neutral = self.cs.data[language].neutral[:self.ppl_texts]
+            if language not in self._neutral:
+                self._neutral[language] = encode_texts(
+                    self.tok, self.cs.data[language].neutral[:self.ppl_texts], self.max_length)
             with self._steering(vector, layer, alpha):
                 row = dict(self.cs.measure(self.model, self.tok, language, split))
-                row["perplexity"] = neutral_perplexity(self.model, self.tok, neutral,
-                                                       self.max_length)
+                row["perplexity"] = perplexity_of(self.model, self._neutral[language], 64)
             self._seen[key] = row
         return self._seen[key]
 

@@ -241,7 +241,7 @@ def contrans_stage(ctx: Any) -> dict[str, Any]:
                       ctx.out / "alpha_curve.png")
     applied = chosen["dev_gain"] > 0 or s.apply_if_worse
     if applied:
-        concepts.add_steering(model, concepts.Addition(layer, v_hat, alpha or shown,
+        concepts.add_steering(model, concepts.Addition(layer, v_hat, shown,
                                                        f"contrans:{cs.name}"))
     test_acc = {
         "source_dev_by_layer": layer_report(src_dev_acc),
@@ -262,7 +262,7 @@ def contrans_stage(ctx: Any) -> dict[str, Any]:
               "norms": {"transplant": float(v_hat.norm()), "self": float(v_self.norm()),
                         "source": float(v_src[src_layer].norm())},
               "source": {"model": s.source, "layers": src_layers},
-              "applied": {"source": s.source, "layer": layer, "alpha": alpha or shown,
+              "applied": {"source": s.source, "layer": layer, "alpha": shown,
                           "steered": applied, "concept": cs.name, "language": lang}}
     (ctx.out / "table.md").write_text(table_markdown(table, cs.primary))
     return report
@@ -285,12 +285,9 @@ def table_markdown(table: dict[str, dict[str, float]], primary: str) -> str:
 
 def contrans_preflight(cfg: Any, probe: Any) -> None:
     """ConTrans needs the residual sites of the target and a concept set it can build."""
-    from fedprivacy import sites
+    from fedprivacy.alignment.stage import require_sites
 
-    try:
-        sites.family(probe.model)
-    except sites.UnsupportedArchitectureError as err:
-        raise sites.UnsupportedArchitectureError(f"alignment stage 'contrans': {err}") from err
+    require_sites("contrans", probe.model)
     s: ContransConfig = METHOD.settings_of(cfg)
     if s.source == "train" and cfg.data.source != "concepts":
         raise ValueError("alignment stage 'contrans': source=train needs data.source=concepts")

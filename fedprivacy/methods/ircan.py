@@ -193,12 +193,9 @@ def ircan_table_markdown(table: dict[str, dict[str, float]]) -> str:
 
 def ircan_preflight(cfg: Any, probe: Any) -> None:
     """IRCAN needs the FFN site table and a conflict set with enough items to split."""
-    from fedprivacy import sites
+    from fedprivacy.alignment.stage import require_sites
 
-    try:
-        sites.family(probe.model)
-    except sites.UnsupportedArchitectureError as err:
-        raise sites.UnsupportedArchitectureError(f"alignment stage 'ircan': {err}") from err
+    require_sites("ircan", probe.model)
     settings: IRCANConfig = METHOD.settings_of(cfg)
     try:
         items = conflict_items(settings, cfg)

@@ -188,12 +188,9 @@ def tables_markdown(report: dict[str, Any], primary: str) -> str:
 
 def steering_preflight(cfg: Any, probe: Any) -> None:
     """Steering needs the residual sites and a concept set in >= 2 languages."""
-    from fedprivacy import sites
+    from fedprivacy.alignment.stage import require_sites
 
-    try:
-        sites.family(probe.model)
-    except sites.UnsupportedArchitectureError as err:
-        raise sites.UnsupportedArchitectureError(f"alignment stage 'steering': {err}") from err
+    require_sites("steering", probe.model)
     try:
         concept_data(METHOD.settings_of(cfg), cfg)
     except ValueError as err:

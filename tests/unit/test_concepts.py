@@ -31,7 +31,7 @@ def test_mean_difference_is_the_mean_of_pair_differences():
 
 def test_sign_is_fixed_so_positives_project_higher():
     pos, neg, direction = _pairs()
-    # Execute: swap the roles for layer 1 only through fix_signs on a flipped vector
+    # Execute: a vector pointing the wrong way, and PCA (whose SVD sign is arbitrary)
     flipped = concepts.fix_signs(torch.stack([-direction, -direction]).double(), pos.double(),
                                  neg.double())
     pca = concepts.concept_vectors(pos, neg, "pca")
