@@ -3,7 +3,7 @@
 Steering (METHODS.md §2 eq. 3) adds α·v to the residual stream after one block at every
 position through a forward hook (`fedprivacy.concepts.steered`). Timed interleaved with its
 anchor, the plain model (plain, steered, plain, steered, …), on a tiny model built from config
-and on the real SmolLM2-135M-Instruct: one forward pass over a batch of prompts, and greedy
+and on the real SmolLM2-135M-Instruct (its weights): one forward pass over a batch of prompts, and greedy
 ``generate`` of 16 tokens with the KV cache. Reports median and min–max over the repeats and
 the overhead (steered median / plain median − 1). Also: fitting the least-squares map
 (`fit_linear_map`, SVD, float64) on 2,000 state pairs of widths 576 → 640 (SmolLM2 → Gemma 3).
@@ -27,7 +27,12 @@ from record import print_and_record  # noqa: E402
 from fedprivacy import concepts  # noqa: E402
 from fedprivacy.config import ModelConfig  # noqa: E402
 from fedprivacy.data.tokenizer import build_tokenizer  # noqa: E402
-from fedprivacy.models import build_model, load_tokenizer, smollm2_config  # noqa: E402
+from fedprivacy.models import (  # noqa: E402
+    build_model,
+    load_pretrained,
+    load_tokenizer,
+    smollm2_config,
+)
 
 PROMPTS = ["When I opened the letter from the bank, I", "The new restaurant on our street is",
            "Yesterday my colleague said that the meeting", "The weather this weekend will be"] * 4
@@ -88,11 +93,11 @@ def main() -> None:
     tiny = build_model(ModelConfig(hidden_size=128, num_layers=4), tiny_tok, 0).eval()
     mc = smollm2_config()
     smol_tok = load_tokenizer(mc)
-    smol = build_model(mc, smol_tok, 0).eval()
+    smol = load_pretrained(mc).eval()
     if smol_tok.pad_token is None:
         smol_tok.pad_token = smol_tok.eos_token
     rows = bench_model("tiny-llama 4 × 128", tiny, tiny_tok, args.repeats)
-    rows += bench_model("SmolLM2-135M", smol, smol_tok, args.repeats)
+    rows += bench_model("SmolLM2-135M-Instruct", smol, smol_tok, args.repeats)
     table = "\n".join(["| model | job (16 prompts) | plain ms, median (min–max) | steered ms "
                        "| overhead |", "|---|---|---|---|---|", *rows, "",
                        "| map fit | ms, median (min–max) |", "|---|---|",

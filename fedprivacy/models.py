@@ -202,13 +202,14 @@ def load_pretrained(mc: ModelConfig) -> PreTrainedModel:
     return model
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """The project's cache folder (``$FEDPRIVACY_CACHE``, default ~/.cache/fedprivacy)."""
     return Path(os.environ.get("FEDPRIVACY_CACHE", Path.home() / ".cache" / "fedprivacy"))
 
 
 def convert_gguf(folder: Path, gguf_file: str) -> Path:
     """Dequantise a GGUF checkpoint once into a cached HF folder (later loads take < 1 s)."""
-    target = _cache_root() / "converted" / f"{folder.name}-{Path(gguf_file).stem}"
+    target = cache_root() / "converted" / f"{folder.name}-{Path(gguf_file).stem}"
     if (target / "config.json").is_file():
         return target
     if not (folder / gguf_file).is_file():

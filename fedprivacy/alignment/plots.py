@@ -48,7 +48,8 @@ def alpha_curve(curve: list[dict[str, Any]], measure: str, title: str, path: Pat
         bottom.plot(alphas, [r[f"{prefix}perplexity"] for r in curve], marker="s",
                     label=prefix.rstrip("_"))
     top.set_ylabel(measure)
-    bottom.set_ylabel("neutral perplexity")
+    bottom.set_ylabel("neutral perplexity (log)")
+    bottom.set_yscale("log")
     bottom.set_xlabel("α (steering strength)")
     top.set_title(title, fontsize=10)
     for ax in (top, bottom):

@@ -46,7 +46,9 @@ def random_directions(like: torch.Tensor, draws: int, seed: int) -> list[torch.T
 
 
 def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    """The mean of each measure that every row has (English-only ones such as ``vader``
+    drop out of a mean over languages)."""
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if all(k in r for r in rows)}
 
 
 class Sweep:

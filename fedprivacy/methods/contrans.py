@@ -32,7 +32,7 @@ from fedprivacy.data.records import derive_seed
 from fedprivacy.methods.registry import Method, check, check_choice, register
 
 SOURCES = ("train", "self", "smollm2", "gemma3")
-DATA = ("auto", "world", "sentiment", "politeness", "honesty")
+DATA = ("auto", "world", "sentiment", "politeness", "honesty")  # the concept sets (steering too)
 
 
 @dataclass
@@ -99,8 +99,7 @@ def concept_data(s: Any, cfg: Any, instruction: str = "") -> Any:
 
 
 def load_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
-    """The source model and tokenizer (module docstring); ``train`` trains once per stage
-    folder and reuses ``source/`` when the settings are unchanged."""
+    """The source model and tokenizer (module docstring); ``train``: `_trained_source`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fedprivacy.models import PACKAGED, load_pretrained, load_tokenizer
@@ -120,6 +119,9 @@ def load_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
 
 
 def _trained_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
+    """The server's small source model, trained once per recipe and cached under
+    ``$FEDPRIVACY_CACHE/contrans-source/<recipe hash>`` (every-k and final stages share it)."""
+    import hashlib
     import json
 
     from transformers import AutoModelForCausalLM
@@ -127,7 +129,7 @@ def _trained_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
     from fedprivacy.config import ModelConfig, TrainConfig
     from fedprivacy.data.concept_world import ConceptWorld
     from fedprivacy.data.encoding import encode_records
-    from fedprivacy.models import build_model
+    from fedprivacy.models import build_model, cache_root
     from fedprivacy.training import sft
 
     if ctx.cfg.data.source != "concepts":
@@ -135,8 +137,11 @@ def _trained_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
                          "needs data.source=concepts (or name a source model)")
     recipe = {"hidden": s.source_hidden, "layers": s.source_layers, "steps": s.source_steps,
               "records": s.source_records, "seed": ctx.seed,
-              "world": json.dumps(vars(ctx.cfg.data.concepts), sort_keys=True)}
-    folder = ctx.out.parent.parent / "contrans-source"
+              "world": json.dumps(vars(ctx.cfg.data.concepts), sort_keys=True),
+              "model": ctx.cfg.model.preset or "tiny-llama", "lr": ctx.cfg.train.lr,
+              "max_length": ctx.cfg.data.max_length, "vocabulary": len(ctx.tokenizer)}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root() / "contrans-source" / digest
     if (folder / "recipe.json").is_file() and \
             json.loads((folder / "recipe.json").read_text()) == recipe:
         return AutoModelForCausalLM.from_pretrained(folder), ctx.tokenizer
@@ -151,7 +156,7 @@ def _trained_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
     sft(model, encoded, tc, derive_seed(ctx.seed, "contrans-source", "batches"))
     model.save_pretrained(folder)
     (folder / "recipe.json").write_text(json.dumps(recipe))
-    return model, ctx.tokenizer
+    return AutoModelForCausalLM.from_pretrained(folder), ctx.tokenizer  # named by its folder
 
 
 def contrans_stage(ctx: Any) -> dict[str, Any]:
@@ -260,9 +265,13 @@ def contrans_stage(ctx: Any) -> dict[str, Any]:
                       "target_dim": int(v_hat.shape[0])},
               "layer_search": [{k: v for k, v in r.items() if k != "vector"} for r in search],
               "norms": {"transplant": float(v_hat.norm()), "self": float(v_self.norm()),
-                        "source": float(v_src[src_layer].norm())},
-              "source": {"model": s.source, "layers": src_layers},
-              "applied": {"source": s.source, "layer": layer, "alpha": shown,
+                        "source": float(v_src[src_layer].norm()),
+                        "cosine_transplant_self": float(torch.nn.functional.cosine_similarity(
+                            v_hat.double(), v_self.double(), dim=0))},
+              "source": {"model": s.source, "layers": src_layers,
+                         "folder": str(source.config.name_or_path)},
+              "applied": {"source": s.source, "layer": layer,
+                          "alpha": shown if applied else 0.0,
                           "steered": applied, "concept": cs.name, "language": lang}}
     (ctx.out / "table.md").write_text(table_markdown(table, cs.primary))
     return report

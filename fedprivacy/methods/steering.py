@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedprivacy.methods.contrans import DATA
 from fedprivacy.methods.registry import Method, check, check_choice, register
-
-DATA = ("auto", "world", "sentiment", "politeness", "honesty")
 
 
 @dataclass
@@ -85,6 +84,7 @@ def steering_stage(ctx: Any) -> dict[str, Any]:
         choose_alpha,
         describe_alpha_rule,
         layer_report,
+        mean_rows,
         pair_states,
     )
 
@@ -122,8 +122,10 @@ def steering_stage(ctx: Any) -> dict[str, Any]:
                                          for lang in langs)}
     alpha, gain = choose_alpha(rows, cs.primary, mean_base, s.max_ppl_increase)
     shown = alpha if alpha > 0 else max(s.alpha_grid)
+    applied = gain > 0 or s.apply_if_worse
+    used = shown if applied else 0.0  # the α of the kept model (0: left unsteered)
     control = {lang: {"before": sweep.measure("base", None, 0, 0.0, lang, "test"),
-                      "after": sweep.measure("dominant", v, layer, shown, lang, "test")}
+                      "after": sweep.measure("dominant", v, layer, used, lang, "test")}
                for lang in langs}
     curve = [{"alpha": a, **{f"{lang}_{k}": val for lang in langs for k, val in
                              sweep.measure("dominant", v, layer, a, lang, "test").items()}}
@@ -137,14 +139,11 @@ def steering_stage(ctx: Any) -> dict[str, Any]:
     plots.alpha_curve(curve, cs.primary,
                       f"steering with {dom}'s {cs.name} vector at block {layer}",
                       ctx.out / "alpha_curve.png", series=[f"{lang}_" for lang in langs])
-    applied = gain > 0 or s.apply_if_worse
     if applied:
         concepts.add_steering(model, concepts.Addition(layer, v, shown,
                                                        f"steering:{cs.name}:{dom}"))
-    mean_of = {side: {k: sum(control[lang][side][k] for lang in others) / len(others)
-                      for k in control[dom][side]} for side in ("before", "after")}
-    report = {"before": mean_of["before"],
-              "after": mean_of["after"] if applied else mean_of["before"],
+    report = {"before": mean_rows([control[lang]["before"] for lang in others]),
+              "after": mean_rows([control[lang]["after"] for lang in others]),
               "languages": langs,
               "recognition": {"max_over_layers": dict(zip(langs, layer_report(own))),
                               "by_layer": {lang: layer_report(by_layer[lang][lang])
@@ -155,9 +154,12 @@ def steering_stage(ctx: Any) -> dict[str, Any]:
                          "rule": describe_alpha_rule(s.max_ppl_increase) +
                          " (gain: mean over the non-dominant languages; perplexity: every "
                          "language)"},
-              "applied": {"layer": layer, "alpha": shown, "steered": applied,
+              "applied": {"layer": layer, "alpha": used, "steered": applied,
                           "concept": cs.name, "dominant": dom}}
-    (ctx.out / "table.md").write_text(tables_markdown(report, cs.primary))
+    (ctx.out / "table.md").write_text(tables_markdown(report, cs.primary) + (
+        f"\n(after: {dom}'s vector at block {layer}, α = {used:g}"
+        + (" chosen on dev" if gain > 0 else "; no α gained on dev within the perplexity "
+           "limit; the α curve is in report.json and alpha_curve.png") + ")\n"))
     return report
 
 

@@ -6,7 +6,12 @@ import torch
 
 from fedprivacy import concepts
 from fedprivacy.alignment.concept_sets import REAL_SETS, real_set
-from fedprivacy.alignment.steer_eval import choose_alpha, random_directions, word_prefixes
+from fedprivacy.alignment.steer_eval import (
+    choose_alpha,
+    mean_rows,
+    random_directions,
+    word_prefixes,
+)
 from fedprivacy.data.concept_world import ConceptWorld, ConceptWorldConfig
 
 pytestmark = pytest.mark.unit
@@ -93,6 +98,11 @@ def test_random_directions_keep_the_norm_and_the_seed():
     a, b = random_directions(like, 2, 7), random_directions(like, 2, 7)
     assert all(torch.allclose(r.norm(), like.norm()) for r in a)
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], a[1])
+
+
+def test_mean_rows_keeps_only_the_measures_every_language_has():
+    rows = [{"margin": 1.0, "vader": 0.5, "perplexity": 10.0}, {"margin": 3.0, "perplexity": 20.0}]
+    assert mean_rows(rows) == {"margin": 2.0, "perplexity": 15.0}
 
 
 def test_word_prefixes():
