@@ -118,6 +118,7 @@ class SimulationConfig:
 
 EXPOSURE_ESTIMATORS = ("auto", "exact", "extrapolated", "digitwise")  # fedprivacy.privacy.ledger
 SERVER_EVAL_SOURCES = ("auto", "tasks", "public", "file", "facts", "concepts")  # fedprivacy.data.federated
+TRACKING_BACKENDS = ("none", "mlflow")  # fedprivacy.tracking
 
 
 @dataclass
@@ -136,6 +137,19 @@ class EvaluationConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking (`fedprivacy.tracking`): a finished run, and a sweep with its runs
+    nested, are logged from their folders to MLflow. ``uri``: "" = a local store in the run's
+    (the sweep's) folder, ``mlruns/mlflow.db`` with ``mlruns/artifacts/``; else any MLflow
+    tracking URI (``http://host:5000``, ``sqlite:///abs/mlflow.db``, ...). ``experiment``: ""
+    = the config's ``name`` (a sweep's: the sweep's ``name``)."""
+
+    backend: str = "none"  # one of TRACKING_BACKENDS; none imports and writes nothing
+    uri: str = ""
+    experiment: str = ""
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "quickstart"
     seed: int = 0
@@ -150,6 +164,7 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # Keys renamed since 0.1: an old key is refused with a message naming the new one.
@@ -198,6 +213,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _choice(cfg, "data.partition", SCHEMES)
     _choice(cfg, "evaluation.exposure", EXPOSURE_ESTIMATORS)
     _choice(cfg, "server.eval_source", SERVER_EVAL_SOURCES)
+    _choice(cfg, "tracking.backend", TRACKING_BACKENDS)
     positive = ["rounds", "train.steps", "train.batch_size", "train.eval_batch_size",
                 "simulation.num_clients", "simulation.cpus_per_client", "data.train_per_client",
                 "data.val_per_client", "data.max_length", "model.max_length",

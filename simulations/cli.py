@@ -1,4 +1,4 @@
-"""The ``fedprivacy`` command: run, resume, sweep, align, and inspect configs."""
+"""The ``fedprivacy`` command: run, resume, sweep, align, track, and inspect configs."""
 
 from __future__ import annotations
 
@@ -96,6 +96,15 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    from fedprivacy.tracking import track_folder
+
+    uri, run_ids = track_folder(Path(args.folder), args.uri or "", args.experiment or "")
+    _say(f"logged {len(run_ids)} MLflow run(s) of {Path(args.folder).resolve()} to {uri}")
+    _say(f"browse: mlflow ui --backend-store-uri {uri}  (pip install mlflow)")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg: ExperimentConfig = load_config(args.config, args.overrides)
     if args.toml:
@@ -160,6 +169,14 @@ def parser() -> argparse.ArgumentParser:
                                      "runs/align-<name>-<time>)")
     align.add_argument("--no-progress", action="store_true")
     align.set_defaults(fn=cmd_align)
+    track = sub.add_parser("track", parents=[common],
+                           help="log a finished run or sweep folder to MLflow (its runs nested)")
+    track.add_argument("folder", help="RUN_OR_SWEEP_DIR")
+    track.add_argument("--uri", help="tracking URI (default: its tracking.uri, else a local "
+                                     "store in FOLDER/mlruns)")
+    track.add_argument("--experiment", help="MLflow experiment (default: its "
+                                            "tracking.experiment, else its name)")
+    track.set_defaults(fn=cmd_track)
     config = sub.add_parser("config", help="print the resolved config", parents=[common])
     config.add_argument("config", nargs="?")
     config.add_argument("overrides", nargs="*")

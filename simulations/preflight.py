@@ -27,6 +27,7 @@ from fedprivacy.data.federated import (
 from fedprivacy.data.loaders import check_file
 from fedprivacy.methods import registry
 from fedprivacy.models import build_model, load_tokenizer, resolve_device
+from fedprivacy.tracking import check as check_tracking
 
 NEEDED = ("train", "validation")  # splits every client encodes (clients/job.py)
 SHOWN = 8  # clients listed in a split-size error
@@ -101,6 +102,7 @@ class Probe:
 
 def preflight(cfg: ExperimentConfig) -> None:
     """Raise a clear error (naming the key) if this config cannot run; write nothing."""
+    check_tracking(cfg.tracking)  # the backend is importable (a store is reached after the run)
     resolve_device(cfg.train.device)  # the server and every client move the model there
     tokenizer = load_tokenizer(cfg.model)  # a bad model folder is named here
     model = build_model(cfg.model, tokenizer, cfg.seed)

@@ -33,6 +33,7 @@ import psutil
 from fedprivacy.config import ExperimentConfig, flatten
 from fedprivacy.report import RunFolder
 from fedprivacy.simulations.watchdog import RUN_TOKEN, kill_tagged, start_watchdog, stop
+from fedprivacy.tracking import track_run
 
 APP_NAME = "fedprivacy-run"
 CONNECTION = "fedprivacy-sim"
@@ -234,12 +235,15 @@ def failure_message(code: int, log_path: Path) -> str:
     return f"the run ended without a summary (flwr exit code {code}); see {log_path}"
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
+def run_experiment(cfg: ExperimentConfig, progress: bool = True,
+                   track: bool = True) -> RunFolder:
     """Run a simulation of ``cfg``; return its run folder (with ``summary.json``).
 
     Re-running on a folder with a checkpoint resumes after the last finished round. The folder
     is locked while the run lives (`RunFolder.lock`): a second run on it raises
-    `fedprivacy.report.RunFolderLocked` before writing anything.
+    `fedprivacy.report.RunFolderLocked` before writing anything. With ``track`` (a sweep
+    passes False: it logs its runs itself) the finished run is logged as ``cfg.tracking``
+    says (`fedprivacy.tracking`); a tracking failure is a warning, never a failed run.
     """
     from fedprivacy.simulations.preflight import preflight
     from fedprivacy.simulations.progress import RoundProgress
@@ -259,4 +263,6 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
             code = submit(app_dir, cfg, log_path, bar.update, lock_fd)
         if not (folder.path / "summary.json").is_file():
             raise RunFailed(failure_message(code, log_path))
+    if track:
+        track_run(folder.path, cfg.tracking, cfg.tracking.experiment or cfg.name)
     return folder

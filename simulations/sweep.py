@@ -22,8 +22,12 @@ rate, the measures of FewFedWeight's paper) and ``comparison.png``.
 A run that fails is a row of ``results.csv`` (``status`` failed, its ``error``) and of the
 "Failed runs" table of ``results.md``; the sweep goes on and `fedprivacy sweep` exits non-zero.
 Run again on the same folder, a sweep reuses a finished run only if the ``config.yaml`` in its
-folder equals the run's resolved config (apart from ``out_dir`` and ``name``); a run made with
-other overrides is moved aside (``<run>.replaced-<time>``) and run anew.
+folder equals the run's resolved config (apart from ``out_dir``, ``name`` and ``tracking``); a
+run made with other overrides is moved aside (``<run>.replaced-<time>``) and run anew.
+
+With ``tracking.backend: mlflow`` (the same for every run) the sweep is a parent MLflow run
+and each run is logged nested under it as it ends (`fedprivacy.tracking`); the experiment is
+``tracking.experiment`` or the sweep's ``name``, the store by default ``<sweep>/mlruns``.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fedprivacy.config import ConfigError, ExperimentConfig, flatten, load_config
+from fedprivacy.config import ConfigError, ExperimentConfig, TrackingConfig, flatten, load_config
 from fedprivacy.report import RunFolder, flatten_dict
 from fedprivacy.simulations.errors import describe
+from fedprivacy.tracking import SweepTracking, check
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Sweep:
     runs: list[SweepRun]
     metrics: list[str] = field(default_factory=list)
     baseline: str = ""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, list[str]]]:
@@ -92,20 +98,25 @@ def load_sweep(path: str | Path) -> Sweep:
     # seed-major: one full pass over the variants comes first, so a cut-short sweep compares
     runs = [SweepRun(name, seed, common + overrides + [f"seed={seed}"])
             for seed in seeds for name, overrides in variants]
+    trackings = []
     for run in runs:
         try:
-            load_config(base, run.overrides)
+            trackings.append(load_config(base, run.overrides).tracking)
         except ConfigError as err:
             raise ConfigError(f"{path}: run {run.variant!r} (seed {run.seed}): {err}") from err
+    if any(t != trackings[0] for t in trackings):
+        raise ConfigError(f"{path}: tracking: must be the same for every run (one parent run "
+                          "holds them all)")
     baseline = str(spec.get("baseline", ""))
     if baseline and baseline not in {r.variant for r in runs}:
         raise ConfigError(f"{path}: baseline {baseline!r} is not one of the runs' names")
     return Sweep(base, str(spec.get("name", path.stem)), runs,
-                 [str(m) for m in spec.get("metrics", [])], baseline)
+                 [str(m) for m in spec.get("metrics", [])], baseline, trackings[0])
 
 
 FINISHED, REUSED, FAILED = "finished", "reused", "failed"
-IGNORED_KEYS = ("out_dir", "name")  # a run's folder and name do not change what it computes
+# a run's folder, name and tracking do not change what it computes (sections by their name)
+IGNORED_KEYS = ("out_dir", "name", "tracking")
 
 
 @dataclass
@@ -135,16 +146,17 @@ def run_config(sweep: Sweep, run: SweepRun, folder: Path) -> ExperimentConfig:
 
 def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
     """Whether the resolved config stored in ``folder`` (``config.yaml``) equals ``cfg``,
-    apart from the output folder and the name. A missing or unreadable one differs."""
+    apart from the output folder, the name and tracking. A missing or unreadable one differs."""
     try:
         stored = flatten(load_config(folder / "config.yaml"))
     except ConfigError:
         return False
-    new = flatten(cfg)
-    for key in IGNORED_KEYS:
-        stored.pop(key, None)
-        new.pop(key, None)
-    return stored == new
+    return _computed(stored) == _computed(flatten(cfg))
+
+
+def _computed(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat config without the keys that do not change what a run computes."""
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in IGNORED_KEYS}
 
 
 def _set_aside(folder: Path) -> Path:
@@ -164,8 +176,9 @@ def _run_one(sweep: Sweep, run: SweepRun, folder: Path, progress: bool) -> dict[
         _set_aside(folder)  # made with other overrides: neither reused nor resumed
     if (folder / "summary.json").is_file():  # finished earlier, same config: reuse it
         return {"status": REUSED, **flatten_dict(RunFolder(folder).summary())}
-    # new, or cut short (then it resumes from its checkpoint)
-    return {"status": FINISHED, **flatten_dict(run_experiment(cfg, progress=progress).summary())}
+    # new, or cut short (then it resumes from its checkpoint); the sweep tracks it
+    done = run_experiment(cfg, progress=progress, track=False)
+    return {"status": FINISHED, **flatten_dict(done.summary())}
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path | None = None,
@@ -175,20 +188,24 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None,
     Runs are named ``<variant>-seed<seed>``; on the same ``out_dir`` a finished run is reused
     if its stored config equals the new one (else it is set aside and rerun) and a cut-short
     one resumes, so a killed sweep goes on where it stopped. A run that fails is a row with its
-    error (``status`` failed) and the sweep goes on; an interrupt stops the sweep."""
+    error (``status`` failed) and the sweep goes on; an interrupt stops the sweep. With
+    tracking on, each run is logged under the sweep's parent MLflow run as it ends."""
+    check(sweep.tracking)
     root = sweep_root(sweep, out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for run in sweep.runs:
-        folder = root / f"{_slug(run.variant)}-seed{run.seed}"
-        row: dict[str, Any] = {"variant": run.variant, "seed": run.seed,
-                               "overrides": " ".join(run.overrides), "run_dir": str(folder)}
-        try:
-            row.update(_run_one(sweep, run, folder, progress))
-        except Exception as err:  # recorded; the next runs still run
-            row.update(status=FAILED, error=describe(err))
-        rows.append(row)
-        write_results(root, rows, sweep.metrics, sweep.baseline)
+    with SweepTracking(sweep.tracking, root, sweep.tracking.experiment or sweep.name) as tracker:
+        for run in sweep.runs:
+            folder = root / f"{_slug(run.variant)}-seed{run.seed}"
+            row: dict[str, Any] = {"variant": run.variant, "seed": run.seed,
+                                   "overrides": " ".join(run.overrides), "run_dir": str(folder)}
+            try:
+                row.update(_run_one(sweep, run, folder, progress))
+            except Exception as err:  # recorded; the next runs still run
+                row.update(status=FAILED, error=describe(err))
+            rows.append(row)
+            write_results(root, rows, sweep.metrics, sweep.baseline)
+            tracker.add(row)
     return SweepOutcome(root, rows)
 
 

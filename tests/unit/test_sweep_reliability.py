@@ -19,7 +19,8 @@ class FakeRuns:
     def __init__(self, crash_lr: float | None = None) -> None:
         self.crash_lr, self.done = crash_lr, []
 
-    def __call__(self, cfg: ExperimentConfig, progress: bool = True) -> RunFolder:
+    def __call__(self, cfg: ExperimentConfig, progress: bool = True,
+                 track: bool = True) -> RunFolder:
         self.done.append((cfg.name, cfg.train.lr))
         folder = RunFolder(cfg.out_dir)
         folder.write_config(cfg)
