@@ -12,12 +12,11 @@ import time
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedprivacy import wire
+from fedprivacy import adapters, wire
 from fedprivacy.clients.evaluate import client_model_scores, evaluate_job
 from fedprivacy.clients.job import ClientJob, resources_of
 from fedprivacy.clients.pipeline import run_pipeline
 from fedprivacy.deadline import deadline
-from fedprivacy.models import cpu_state_dict
 
 app = ClientApp()
 
@@ -35,11 +34,14 @@ def train(msg: Message, context: Context) -> Message:
         job.keep_own_model()
     if job.cfg.evaluation.client_model_scores or job.config.get(wire.CLIENT_SCORES, False):
         metrics.update(client_model_scores(job))
+    arrays = ArrayRecord(adapters.wire_state(job.model))
     metrics.update({wire.NUM_EXAMPLES: len(job.res.data.train),
                     wire.PARTITION_ID: job.partition_id,
+                    wire.BYTES_DOWN: adapters.num_bytes(msg.content[wire.ARRAYS]),
+                    wire.BYTES_UP: adapters.num_bytes(arrays),
                     wire.SECONDS: time.perf_counter() - started})
-    return Message(RecordDict({wire.ARRAYS: ArrayRecord(cpu_state_dict(job.model)),
-                               wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)}),
+                   reply_to=msg)
 
 
 def _step_delay(job: ClientJob) -> float:
@@ -55,7 +57,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     job = ClientJob.from_message(msg, context)
     metrics = evaluate_job(job)
     metrics.update({wire.NUM_EXAMPLES: len(job.res.data.validation),
-                    wire.PARTITION_ID: job.partition_id})
+                    wire.PARTITION_ID: job.partition_id,
+                    wire.BYTES_DOWN: adapters.num_bytes(msg.content[wire.ARRAYS])})
     return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

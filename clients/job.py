@@ -19,14 +19,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedprivacy import wire
+from fedprivacy import adapters, wire
 from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import ClientData, build_client_data
 from fedprivacy.data.records import derive_seed
 from fedprivacy.methods import local
 from fedprivacy.methods.registry import Method
-from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer, resolve_device
+from fedprivacy.models import build_model, load_tokenizer, resolve_device
 
 Encoded = dict[str, torch.Tensor]
 
@@ -47,7 +47,8 @@ class ClientResources:
 def _base(run_config_json: str) -> tuple[ExperimentConfig, PreTrainedTokenizerBase, PreTrainedModel]:
     cfg = unflatten(json.loads(run_config_json))
     tokenizer = load_tokenizer(cfg.model)
-    return cfg, tokenizer, build_model(cfg.model, tokenizer, cfg.seed)
+    return cfg, tokenizer, adapters.wrap(build_model(cfg.model, tokenizer, cfg.seed), cfg.model,
+                                         cfg.seed)
 
 
 @lru_cache(maxsize=512)
@@ -123,8 +124,8 @@ class ClientJob:
         return bool(self.config.get(local.KEEP_MODEL_KEY, False))
 
     def keep_own_model(self) -> None:
-        """Store the trained model in the node's persistent state."""
-        self.state[local.STATE_KEY] = ArrayRecord(cpu_state_dict(self.model))
+        """Store the trained model (its wire arrays) in the node's persistent state."""
+        self.state[local.STATE_KEY] = ArrayRecord(adapters.wire_state(self.model))
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> ClientJob:
@@ -134,6 +135,6 @@ class ClientJob:
         arrays = msg.content[wire.ARRAYS]
         if config.get(local.KEEP_MODEL_KEY, False) and local.STATE_KEY in context.state:
             arrays = context.state[local.STATE_KEY]
-        model.load_state_dict(arrays.to_torch_state_dict())
+        adapters.load_wire(model, arrays)
         model.to(resolve_device(res.cfg.train.device))
         return cls(res, pid, int(config.get(wire.SERVER_ROUND, 0)), model, config, context.state)

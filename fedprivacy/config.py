@@ -39,6 +39,15 @@ class ModelConfig:
     num_layers: int = 0
     intermediate_size: int = 0
     max_length: int = 256  # position embeddings of presets
+    # fedprivacy.adapters: none (full weights on the wire) | lora (HF PEFT: only the adapter
+    # trains, crosses the wire and is aggregated; the server saves the merged model)
+    adapter: str = "none"  # one of ADAPTERS
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    # module names LoRA adapts (LLaMA/Gemma attention projections; GPT-2: [c_attn])
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
+                                                             "o_proj"])
 
 
 @dataclass
@@ -114,11 +123,14 @@ class SimulationConfig:
     cpus_per_client: int = 1
     gpus_per_client: float = 0.0
     ray_cpus: int = 0  # CPUs Ray may use (0 = all)
+    # "" = a private local Ray per run; "auto" or "HOST:PORT" = attach to that Ray cluster
+    ray_address: str = ""
 
 
 EXPOSURE_ESTIMATORS = ("auto", "exact", "extrapolated", "digitwise")  # fedprivacy.privacy.ledger
 SERVER_EVAL_SOURCES = ("auto", "tasks", "public", "file", "facts", "concepts")  # fedprivacy.data.federated
 TRACKING_BACKENDS = ("none", "mlflow")  # fedprivacy.tracking
+ADAPTERS = ("none", "lora")  # fedprivacy.adapters
 
 
 @dataclass
@@ -214,6 +226,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _choice(cfg, "evaluation.exposure", EXPOSURE_ESTIMATORS)
     _choice(cfg, "server.eval_source", SERVER_EVAL_SOURCES)
     _choice(cfg, "tracking.backend", TRACKING_BACKENDS)
+    _choice(cfg, "model.adapter", ADAPTERS)
     positive = ["rounds", "train.steps", "train.batch_size", "train.eval_batch_size",
                 "simulation.num_clients", "simulation.cpus_per_client", "data.train_per_client",
                 "data.val_per_client", "data.max_length", "model.max_length",
@@ -234,7 +247,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
              cfg.strategy.min_clients)
     _require(cfg.data.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0",
              cfg.data.dirichlet_alpha)
+    _validate_ray_address(cfg.simulation)
     _validate_methods(cfg)
+    if cfg.model.adapter == "lora":
+        _validate_lora(cfg)
     if cfg.model.preset == "":
         _require(bool(cfg.model.name_or_path), "model.name_or_path",
                  "must be set when model.preset is empty", cfg.model.name_or_path)
@@ -255,6 +271,29 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(cfg.client.slow_step_seconds >= 0, "client.slow_step_seconds", "must be >= 0",
              cfg.client.slow_step_seconds)
     return cfg
+
+
+def _validate_lora(cfg: ExperimentConfig) -> None:
+    """``model.lora_*``, checked only with ``model.adapter=lora``."""
+    mc = cfg.model
+    _require(mc.lora_r >= 1, "model.lora_r", "must be >= 1", mc.lora_r)
+    _require(mc.lora_alpha > 0, "model.lora_alpha", "must be > 0", mc.lora_alpha)
+    _require(0 <= mc.lora_dropout < 1, "model.lora_dropout", "must be in [0, 1)", mc.lora_dropout)
+    _require(bool(mc.lora_targets), "model.lora_targets", "must name at least one module",
+             mc.lora_targets)
+
+
+def _validate_ray_address(sim: SimulationConfig) -> None:
+    """``simulation.ray_address``: "", "auto" or HOST:PORT; an existing cluster keeps its size."""
+    address = sim.ray_address
+    host, _, port = address.rpartition(":")
+    ok = address in ("", "auto") or (bool(host) and port.isdigit() and 0 < int(port) < 65536)
+    _require(ok, "simulation.ray_address", "must be '' (a private local Ray), 'auto' or "
+             "HOST:PORT of a running Ray cluster", address)
+    if address:
+        _require(sim.ray_cpus == 0, "simulation.ray_cpus", "must be 0 with "
+                 "simulation.ray_address set (an existing cluster keeps its own size)",
+                 sim.ray_cpus)
 
 
 def _validate_facts(cfg: ExperimentConfig) -> None:

@@ -6,6 +6,9 @@ Keys that belong to one method are defined in that method's module
 """
 
 ARRAYS = "arrays"  # the model's weights (ArrayRecord)
+# array of the server's arrays (model.adapter): flat ids (layer * d_ff + index) of the FFN
+# neurons zeroed in the frozen base (`fedprivacy.adapters.load_wire` applies them)
+BASE_EDITS = "base-edits"
 METRICS = "metrics"  # a reply's MetricRecord
 CONFIG = "config"  # a message's ConfigRecord
 TASK = "task"  # a query reply's ConfigRecord: the task's public description
@@ -13,6 +16,8 @@ TASK = "task"  # a query reply's ConfigRecord: the task's public description
 NUM_EXAMPLES = "num-examples"  # reply metric: records behind the reply (aggregation weight)
 PARTITION_ID = "partition-id"  # reply metric: which client answered
 SECONDS = "seconds"  # reply metric: the client's wall time for the message
+BYTES_DOWN = "bytes_down"  # reply metric: array bytes the message brought (server -> client)
+BYTES_UP = "bytes_up"  # train-reply metric: array bytes the reply carries (client -> server)
 SERVER_ROUND = "server-round"  # message config: the round (FedAvg writes it)
 NUM_ROUNDS = "num-rounds"  # message config: the run's planned rounds
 DEADLINE = "deadline"  # message config: wall-clock time (UNIX s) the client must reply by

@@ -64,9 +64,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep)
     root = sweep_root(sweep, args.out)
-    _say(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}")
+    at_once = f", {args.parallel} at a time" if args.parallel > 1 else ""
+    _say(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}{at_once}")
     try:
-        failed = run_sweep(sweep, root, progress=not args.no_progress).failed
+        failed = run_sweep(sweep, root, not args.no_progress, args.parallel).failed
     except KeyboardInterrupt:
         _say(f"interrupted: go on with fedprivacy sweep {args.sweep} --out {root}", "yellow")
         return 130
@@ -155,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
                            parents=[common])
     sweep.add_argument("sweep")
     sweep.add_argument("--out", help="sweep folder (default runs/sweep-<name>-<time>)")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="run up to N runs at once (default 1; per-run progress is off)")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(fn=cmd_sweep)
     align = sub.add_parser("align", parents=[common],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedprivacy import adapters
 from fedprivacy.config import ExperimentConfig
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import (
@@ -105,7 +106,8 @@ def preflight(cfg: ExperimentConfig) -> None:
     check_tracking(cfg.tracking)  # the backend is importable (a store is reached after the run)
     resolve_device(cfg.train.device)  # the server and every client move the model there
     tokenizer = load_tokenizer(cfg.model)  # a bad model folder is named here
-    model = build_model(cfg.model, tokenizer, cfg.seed)
+    # model.lora_targets that match no module are named here
+    model = adapters.wrap(build_model(cfg.model, tokenizer, cfg.seed), cfg.model, cfg.seed)
     num = cfg.simulation.num_clients
     clients = client_data(cfg)
     check_split_sizes(cfg, clients)

@@ -4,7 +4,9 @@
 ``[tool.flwr.app.config]`` is the resolved, flattened config, starts a private simulation
 SuperLink on a free loopback port (its own ``FLWR_HOME``), submits the app with ``flwr run``
 and, whatever happens, stops the SuperLink and every process it started. The ServerApp and
-ClientApp are the same ones a deployment runs.
+ClientApp are the same ones a deployment runs. Ray is a private one per run (its temp dir in
+the run's ``FLWR_HOME``, so concurrent runs share no Ray state), or the existing cluster at
+``simulation.ray_address``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from fedprivacy.config import ExperimentConfig, flatten
+from fedprivacy.config import ConfigError, ExperimentConfig, flatten
 from fedprivacy.report import RunFolder
 from fedprivacy.simulations.watchdog import RUN_TOKEN, kill_tagged, start_watchdog, stop
 from fedprivacy.tracking import track_run
@@ -108,8 +110,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While a simulation runs, SIGTERM unwinds like Ctrl-C, so the SuperLink is stopped."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a simulation (or a parallel sweep) runs, SIGTERM unwinds like Ctrl-C, so the
+    SuperLink is stopped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -121,12 +124,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def simulation_superlink(log_path: Path, lock_fd: int | None = None
+def simulation_superlink(log_path: Path, lock_fd: int | None = None, ray_address: str = ""
                          ) -> Iterator[dict[str, str]]:
     """A private simulation SuperLink; yields the environment that ``flwr`` must use.
 
-    A watchdog (`fedprivacy.simulations.watchdog`) stops all of it if this process is killed;
-    it holds ``lock_fd`` (the run folder's lock) until then."""
+    The simulation's ``ray.init`` attaches to ``ray_address`` ("auto" or HOST:PORT) or, with
+    "", starts a Ray of its own under the private ``FLWR_HOME`` (never a cluster it happens to
+    find). A watchdog (`fedprivacy.simulations.watchdog`) stops all of it if this process is
+    killed; it holds ``lock_fd`` (the run folder's lock) until then."""
     home = Path(tempfile.mkdtemp(prefix="fedprivacy-flwr-"))
     port = free_port()
     # the SuperLink starts flower-superexec by name: this environment's scripts come first
@@ -134,7 +139,9 @@ def simulation_superlink(log_path: Path, lock_fd: int | None = None
     token = uuid.uuid4().hex  # marks every process of this run, even ones Ray re-parents
     env = {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
-           RUN_TOKEN: token}
+           RUN_TOKEN: token, "RAY_ADDRESS": ray_address or "local"}
+    if not ray_address:
+        env["RAY_TMPDIR"] = str(home)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
@@ -147,7 +154,7 @@ def simulation_superlink(log_path: Path, lock_fd: int | None = None
                  "--port", str(port), "--isolation", "subprocess",
                  "--disable-runtime-dependency-installation"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 _wait_healthy(port, proc, log_path)
                 yield env
         finally:
@@ -173,6 +180,20 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log_path: Path, timeout: fl
     raise RunFailed(f"the SuperLink did not become healthy in {timeout:.0f} s; see {log_path}")
 
 
+def check_ray_cluster(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT ``simulation.ray_address`` answers (fail in seconds, not in Ray's retries);
+    "" (a private Ray) and "auto" (Ray finds it) are not checked."""
+    if address in ("", "auto"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"simulation.ray_address: no Ray cluster answers at {address} ({err}); "
+                          f"start one (ray start --head --port={port}) or fix the address"
+                          ) from err
+
+
 def federation_config(cfg: ExperimentConfig) -> str:
     sim = cfg.simulation
     parts = [f"num-supernodes={sim.num_clients}",
@@ -184,12 +205,15 @@ def federation_config(cfg: ExperimentConfig) -> str:
 
 
 def submit(app_dir: Path, cfg: ExperimentConfig, log_path: Path,
-           on_tick: Callable[[], None] = lambda: None, lock_fd: int | None = None) -> int:
+           on_tick: Callable[[], None] = lambda: None, lock_fd: int | None = None,
+           stop: threading.Event | None = None) -> int:
     """Run the app in ``app_dir`` on a private simulation SuperLink; return flwr's exit code.
 
     ``on_tick`` is called twice a second while the run goes on (progress display); ``lock_fd``
-    (the run folder's lock) is held by the run's watchdog too."""
-    with simulation_superlink(log_path, lock_fd) as env, log_path.open("ab") as log:
+    (the run folder's lock) is held by the run's watchdog too; ``stop``, once set, ends the
+    run like Ctrl-C (`KeyboardInterrupt`)."""
+    with (simulation_superlink(log_path, lock_fd, cfg.simulation.ray_address) as env,
+          log_path.open("ab") as log):
         proc = subprocess.Popen(
             [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream",
              "--federation-config", federation_config(cfg)],
@@ -197,6 +221,8 @@ def submit(app_dir: Path, cfg: ExperimentConfig, log_path: Path,
         try:
             while proc.poll() is None:
                 on_tick()
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 time.sleep(0.5)
             on_tick()
         finally:
@@ -235,8 +261,8 @@ def failure_message(code: int, log_path: Path) -> str:
     return f"the run ended without a summary (flwr exit code {code}); see {log_path}"
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True,
-                   track: bool = True) -> RunFolder:
+def run_experiment(cfg: ExperimentConfig, progress: bool = True, track: bool = True,
+                   stop: threading.Event | None = None) -> RunFolder:
     """Run a simulation of ``cfg``; return its run folder (with ``summary.json``).
 
     Re-running on a folder with a checkpoint resumes after the last finished round. The folder
@@ -244,6 +270,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True,
     `fedprivacy.report.RunFolderLocked` before writing anything. With ``track`` (a sweep
     passes False: it logs its runs itself) the finished run is logged as ``cfg.tracking``
     says (`fedprivacy.tracking`); a tracking failure is a warning, never a failed run.
+    ``stop`` (a parallel sweep's interrupt) ends the simulation like Ctrl-C.
     """
     from fedprivacy.simulations.preflight import preflight
     from fedprivacy.simulations.progress import RoundProgress
@@ -251,6 +278,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True,
     cfg = resolve_out_dir(cfg)
     if Path(cfg.out_dir).is_dir():
         RunFolder(cfg.out_dir).check_unlocked()  # refuse at once, before the preflight
+    check_ray_cluster(cfg.simulation.ray_address)
     preflight(cfg)
     folder = RunFolder(cfg.out_dir)
     with folder.lock() as lock_fd:
@@ -260,7 +288,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True,
         write_app(app_dir, cfg)
         log_path = folder.path / "flower.log"
         with RoundProgress(folder, cfg.rounds, enabled=progress) as bar:
-            code = submit(app_dir, cfg, log_path, bar.update, lock_fd)
+            code = submit(app_dir, cfg, log_path, bar.update, lock_fd, stop)
         if not (folder.path / "summary.json").is_file():
             raise RunFailed(failure_message(code, log_path))
     if track:

@@ -1,4 +1,4 @@
-"""Sweeps: many runs of one base config, one after another, and one comparison.
+"""Sweeps: many runs of one base config, one after another or N at a time, and one comparison.
 
 A sweep file::
 
@@ -25,6 +25,11 @@ Run again on the same folder, a sweep reuses a finished run only if the ``config
 folder equals the run's resolved config (apart from ``out_dir``, ``name`` and ``tracking``); a
 run made with other overrides is moved aside (``<run>.replaced-<time>``) and run anew.
 
+With ``parallel`` N > 1, up to N runs go on at once (threads, each driving its own
+simulation processes and holding its own folder's lock); folders, rows and their order are
+those of a sequential sweep, and a run's row (and MLflow run) is written once every run
+before it has ended. An interrupt stops all of them; rerun, the sweep resumes as usual.
+
 With ``tracking.backend: mlflow`` (the same for every run) the sweep is a parent MLflow run
 and each run is logged nested under it as it ends (`fedprivacy.tracking`); the experiment is
 ``tracking.experiment`` or the sweep's ``name``, the store by default ``<sweep>/mlruns``.
@@ -35,6 +40,9 @@ from __future__ import annotations
 import csv
 import itertools
 import statistics
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -167,8 +175,10 @@ def _set_aside(folder: Path) -> Path:
     return target
 
 
-def _run_one(sweep: Sweep, run: SweepRun, folder: Path, progress: bool) -> dict[str, Any]:
-    """Run (or reuse, or resume) one run; its row's status and flattened summary."""
+def _run_one(sweep: Sweep, run: SweepRun, folder: Path, progress: bool,
+             stop: threading.Event | None) -> dict[str, Any]:
+    """Run (or reuse, or resume) one run; its row's status and flattened summary. ``stop``
+    (parallel sweeps only) interrupts the run once set."""
     from fedprivacy.simulations.runner import run_experiment
 
     cfg = run_config(sweep, run, folder)
@@ -177,36 +187,76 @@ def _run_one(sweep: Sweep, run: SweepRun, folder: Path, progress: bool) -> dict[
     if (folder / "summary.json").is_file():  # finished earlier, same config: reuse it
         return {"status": REUSED, **flatten_dict(RunFolder(folder).summary())}
     # new, or cut short (then it resumes from its checkpoint); the sweep tracks it
-    done = run_experiment(cfg, progress=progress, track=False)
+    extra = {} if stop is None else {"stop": stop}
+    done = run_experiment(cfg, progress=progress, track=False, **extra)
     return {"status": FINISHED, **flatten_dict(done.summary())}
 
 
-def run_sweep(sweep: Sweep, out_dir: str | Path | None = None,
-              progress: bool = True) -> SweepOutcome:
-    """Run every run of ``sweep`` in turn; write the comparison after each.
+def _row(sweep: Sweep, run: SweepRun, root: Path, progress: bool,
+         stop: threading.Event | None = None) -> dict[str, Any]:
+    """One run's ``results.csv`` row; a run that fails is a row with its error."""
+    folder = root / f"{_slug(run.variant)}-seed{run.seed}"
+    row: dict[str, Any] = {"variant": run.variant, "seed": run.seed,
+                           "overrides": " ".join(run.overrides), "run_dir": str(folder)}
+    try:
+        row.update(_run_one(sweep, run, folder, progress, stop))
+    except Exception as err:  # recorded; the next runs still run
+        row.update(status=FAILED, error=describe(err))
+    return row
+
+
+def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = True,
+              parallel: int = 1) -> SweepOutcome:
+    """Run every run of ``sweep``, ``parallel`` at a time; write the comparison after each.
 
     Runs are named ``<variant>-seed<seed>``; on the same ``out_dir`` a finished run is reused
     if its stored config equals the new one (else it is set aside and rerun) and a cut-short
     one resumes, so a killed sweep goes on where it stopped. A run that fails is a row with its
     error (``status`` failed) and the sweep goes on; an interrupt stops the sweep. With
-    tracking on, each run is logged under the sweep's parent MLflow run as it ends."""
+    tracking on, each run is logged under the sweep's parent MLflow run as it ends (in
+    parallel: once the runs before it have ended). Per-run progress bars are off in parallel."""
+    if parallel < 1:
+        raise ConfigError(f"--parallel: must be >= 1 (got {parallel})")
     check(sweep.tracking)
     root = sweep_root(sweep, out_dir)
     root.mkdir(parents=True, exist_ok=True)
+    ended: dict[int, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     with SweepTracking(sweep.tracking, root, sweep.tracking.experiment or sweep.name) as tracker:
-        for run in sweep.runs:
-            folder = root / f"{_slug(run.variant)}-seed{run.seed}"
-            row: dict[str, Any] = {"variant": run.variant, "seed": run.seed,
-                                   "overrides": " ".join(run.overrides), "run_dir": str(folder)}
-            try:
-                row.update(_run_one(sweep, run, folder, progress))
-            except Exception as err:  # recorded; the next runs still run
-                row.update(status=FAILED, error=describe(err))
-            rows.append(row)
-            write_results(root, rows, sweep.metrics, sweep.baseline)
-            tracker.add(row)
+        def record(index: int, row: dict[str, Any]) -> None:
+            ended[index] = row
+            while len(rows) in ended:  # rows (and tracking) in the sweep's order
+                rows.append(ended[len(rows)])
+                tracker.add(rows[-1])
+            write_results(root, [ended[i] for i in sorted(ended)], sweep.metrics,
+                          sweep.baseline)
+
+        if parallel == 1:
+            for index, run in enumerate(sweep.runs):
+                record(index, _row(sweep, run, root, progress))
+        else:
+            _run_parallel(sweep, root, parallel, record)
     return SweepOutcome(root, rows)
+
+
+def _run_parallel(sweep: Sweep, root: Path, parallel: int,
+                  record: Callable[[int, dict[str, Any]], None]) -> None:
+    """Run the sweep's runs ``parallel`` at a time, ``record``ing each row as it ends; an
+    interrupt (Ctrl-C, SIGTERM) stops the running simulations and cancels the rest."""
+    from fedprivacy.simulations.runner import sigterm_as_interrupt
+
+    stop = threading.Event()
+    with (ThreadPoolExecutor(parallel, thread_name_prefix="sweep-run") as pool,
+          sigterm_as_interrupt()):
+        futures = {pool.submit(_row, sweep, run, root, False, stop): index
+                   for index, run in enumerate(sweep.runs)}
+        try:
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+        except BaseException:
+            stop.set()  # the pool's exit waits for the running ones to stop their processes
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _slug(text: str) -> str:

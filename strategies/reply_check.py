@@ -8,14 +8,17 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from fedprivacy import wire
 from fedprivacy.aggregation import array_view
 
 ArraySpec = dict[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype)
 
 
 def array_spec(arrays: ArrayRecord) -> ArraySpec:
-    """Keys, shapes and dtypes that every train reply must match."""
-    return {key: (tuple(arr.shape), arr.dtype) for key, arr in arrays.items()}
+    """Keys, shapes and dtypes that every train reply must match: those of the sent arrays
+    but the base's edits, which only the server writes (`wire.BASE_EDITS`)."""
+    return {key: (tuple(arr.shape), arr.dtype) for key, arr in arrays.items()
+            if key != wire.BASE_EDITS}
 
 
 def _metrics(msg: Message) -> tuple[MetricRecord | None, str | None]:

@@ -19,13 +19,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from transformers import PreTrainedModel
 
-from fedprivacy import wire
+from fedprivacy import adapters, wire
 from fedprivacy.alignment.stage import run_stages, save_aligned, summary_section
 from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.editing import EDITS_KEY
 from fedprivacy.evaluation import evaluate_loss, perplexity, server_eval_set
 from fedprivacy.methods import registry
-from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer, resolve_device
+from fedprivacy.models import build_model, load_tokenizer, resolve_device
 from fedprivacy.report import RunFolder, summarize
 from fedprivacy.strategies.factory import make_strategy
 from fedprivacy.strategies.guarded import GuardedStrategy
@@ -35,17 +35,20 @@ app = ServerApp()
 
 class GlobalModel:
     """The server's one copy of the global model. Strategies borrow it through `load`; only
-    the ServerApp saves it, with an edit record that describes exactly its weights."""
+    the ServerApp saves it, with an edit record that describes exactly its weights. With
+    ``model.adapter`` it is the frozen base with the adapter, and the arrays are the adapter's
+    (`fedprivacy.adapters`)."""
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.tokenizer = load_tokenizer(cfg.model)
-        self.model: PreTrainedModel = build_model(cfg.model, self.tokenizer, cfg.seed)
-        self.initial_arrays = ArrayRecord(cpu_state_dict(self.model))
+        self.model: PreTrainedModel = adapters.wrap(
+            build_model(cfg.model, self.tokenizer, cfg.seed), cfg.model, cfg.seed)
+        self.initial_arrays = ArrayRecord(adapters.wire_state(self.model))
         self.model.to(resolve_device(cfg.train.device))
 
     def load(self, arrays: ArrayRecord) -> PreTrainedModel:
         """The model holding ``arrays``; plain arrays carry no edit, so the record is cleared."""
-        self.model.load_state_dict(arrays.to_torch_state_dict())
+        adapters.load_wire(self.model, arrays)
         setattr(self.model.config, EDITS_KEY, [])
         return self.model
 
@@ -121,15 +124,16 @@ class ServerRun:
 
     def align_copy(self, arrays: ArrayRecord, rnd: int) -> dict:
         """The alignment stages on a copy of round ``rnd``'s global model (metrics only)."""
-        model = copy.deepcopy(self.global_model.load(arrays))
+        model = adapters.merged(copy.deepcopy(self.global_model.load(arrays)))
         report = run_stages(model, self.global_model.tokenizer, self.cfg,
                             self.folder.path / "alignment" / f"round-{rnd}", self.eval_set)
         return summary_section(report)
 
     def finish(self, arrays: ArrayRecord) -> dict:
-        """Save the final model (each configured method's ``finish`` applied), then the aligned
-        model (``aligned/``, when ``alignment.stages`` is set) and the summary."""
-        model = self.global_model.load(arrays)
+        """Save the final model (the adapter merged into the base, then each configured
+        method's ``finish`` applied), then the aligned model (``aligned/``, when
+        ``alignment.stages`` is set) and the summary."""
+        model = adapters.merged(self.global_model.load(arrays))
         rounds = self.folder.rounds()
         for method in registry.configured(self.cfg):
             if method.finish is not None:

@@ -42,10 +42,11 @@ def depn_step(job: Any) -> dict[str, float | list[int]]:
     """Detect privacy neurons on the client's private records and zero them before sending."""
     import torch
 
-    from fedprivacy import sites
+    from fedprivacy import adapters, sites
     from fedprivacy.privacy.depn import depn, neuron_ids
 
     settings: DEPNConfig = job.settings(METHOD)
+    model = adapters.base_of(job.model)  # with an adapter: its base's down projections
     data = job.res.train_set
     rows = torch.nonzero(data["private_mask"].any(dim=1)).flatten()
     if len(rows) == 0:
@@ -55,13 +56,13 @@ def depn_step(job: Any) -> dict[str, float | list[int]]:
     for row in rows.tolist():
         unique.setdefault(tuple(data["input_ids"][row].tolist()), row)
     chosen = torch.tensor(list(unique.values())[:settings.max_records])
-    device = next(job.model.parameters()).device
+    device = next(model.parameters()).device
     batch = {k: data[k][chosen].to(device) for k in ("input_ids", "private_mask", "attention_mask")}
-    _, neurons = depn(job.model, batch["input_ids"], batch["private_mask"], top_z=settings.top_z,
+    _, neurons = depn(model, batch["input_ids"], batch["private_mask"], top_z=settings.top_z,
                       attention_mask=batch["attention_mask"], steps=settings.ig_steps,
                       threshold_ratio=settings.threshold_ratio)
     return {"edited": float(len(neurons.neurons)), "records": float(len(chosen)),
-            "neurons": neuron_ids(neurons.neurons, sites.ffn_dim(job.model))}
+            "neurons": neuron_ids(neurons.neurons, sites.ffn_dim(model))}
 
 
 def depn_finish(model: Any, rounds: list[dict]) -> None:
@@ -78,10 +79,13 @@ def depn_finish(model: Any, rounds: list[dict]) -> None:
 
 
 def depn_preflight(cfg: Any, probe: Any) -> None:
-    """DEPN needs the FFN site table of the model's architecture."""
-    from fedprivacy import sites
+    """DEPN needs the FFN site table of the model's architecture and, with an adapter, the
+    down projections frozen (not in ``model.lora_targets``)."""
+    from fedprivacy import adapters, sites
 
-    sites.family(probe.model)  # UnsupportedArchitectureError names the model class
+    sites.family(adapters.base_of(probe.model))  # UnsupportedArchitectureError names the class
+    if adapters.has_adapter(probe.model):
+        adapters.check_frozen_ffn(probe.model)
 
 
 METHOD = register(Method(
