@@ -281,6 +281,12 @@ def _validate_lora(cfg: ExperimentConfig) -> None:
     _require(0 <= mc.lora_dropout < 1, "model.lora_dropout", "must be in [0, 1)", mc.lora_dropout)
     _require(bool(mc.lora_targets), "model.lora_targets", "must name at least one module",
              mc.lora_targets)
+    # DEPN's zeroed neurons live in the frozen base, which only the server's base-edits carry
+    # back to clients; a local-only run keeps each client's adapter alone and would lose them
+    _require(not ("depn" in cfg.client.pipeline and cfg.strategy.name == "local"),
+             "model.adapter", "lora with client.pipeline depn needs a server that aggregates "
+             "(strategy.name local would drop the zeroed neurons after the first round)",
+             mc.adapter)
 
 
 def _validate_ray_address(sim: SimulationConfig) -> None:

@@ -30,6 +30,14 @@ def test_bad_lora_settings_name_the_key(override, key):
         load_config(None, ["model.adapter=lora", override])
 
 
+def test_lora_with_depn_on_the_local_only_server_is_refused():
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"^model.adapter: .*strategy.name local"):
+        load_config(None, ["model.adapter=lora", "client.pipeline=[sft,depn]",
+                           "strategy.name=local"])
+    assert load_config(None, ["model.adapter=lora", "client.pipeline=[sft,depn]"])
+
+
 def test_lora_settings_are_not_checked_without_an_adapter():
     # Execute
     cfg = load_config(None, ["model.lora_r=0"])
