@@ -43,6 +43,7 @@ def _stats(times: list[float]) -> str:
 
 
 def bench_model(name: str, model, tok, repeats: int) -> list[str]:
+    tok.padding_side = "left"  # decoder-only generate: pad on the left
     ids = tok(PROMPTS, return_tensors="pt", padding=True)
     layer = model.config.num_hidden_layers // 2
     vector = torch.randn(model.config.hidden_size) * 0.01
