@@ -30,3 +30,20 @@ def train_reply(node: int, arrays, metrics: dict):
                   message_type=MessageType.TRAIN)
     ins.metadata.__dict__["_message_id"] = f"m{node}"
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=ins)
+
+
+SMALL = ["model.hidden_size=32", "model.num_layers=2", "train.steps=2", "train.batch_size=8",
+         "simulation.num_clients=2", "data.train_per_client=16", "data.val_per_client=8"]
+PII = SMALL + ["data.source=pii", "data.pii_records=24", "data.canary.count=2",
+               "data.canary.repeats=2", "data.canary.digits=4", "evaluation.privacy=true",
+               "client.swing.teacher_steps=2", "client.swing.student_steps=2",
+               "client.kd.teacher_steps=2", "client.kd.student_steps=2"]  # small client overrides
+
+
+def lr_sweep(tmp_path, lrs: list[float]):
+    """A sweep file of one run per learning rate over a 1-round base config."""
+    (tmp_path / "base.yaml").write_text("name: tiny\nrounds: 1\n")
+    runs = "".join(f"  - {{name: lr{i}, overrides: [train.lr={lr}]}}\n" for i, lr in enumerate(lrs))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: base.yaml\nname: t\nruns:\n{runs}metrics: [final.eval_loss]\n")
+    return path

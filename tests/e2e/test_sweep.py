@@ -10,8 +10,8 @@ from fedprivacy.simulations.cli import main
 pytestmark = pytest.mark.e2e
 
 
-def test_sweep_command_runs_all_runs_and_compares(tmp_path):
-    # Prepare: two variants of one tiny base config, one seed
+def _two_run_sweep(tmp_path: Path) -> Path:
+    """Two variants (default lr, a low lr) of one tiny base config, one seed."""
     (tmp_path / "base.yaml").write_text(
         "name: tiny\nrounds: 1\ntrain: {steps: 3}\nsimulation: {num_clients: 2}\n"
         "data: {train_per_client: 8, val_per_client: 8}\n")
@@ -19,6 +19,12 @@ def test_sweep_command_runs_all_runs_and_compares(tmp_path):
     sweep.write_text("base: base.yaml\nname: t\nruns:\n  - {name: fedavg, overrides: []}\n"
                      "  - {name: lr-low, overrides: [train.lr=0.0001]}\n"
                      "metrics: [final.eval_loss]\n")
+    return sweep
+
+
+def test_sweep_command_runs_all_runs_and_compares(tmp_path):
+    # Prepare: two variants of one tiny base config, one seed
+    sweep = _two_run_sweep(tmp_path)
     out = tmp_path / "out"
     # Execute
     code = main(["sweep", str(sweep), "--out", str(out), "--no-progress"])
@@ -47,13 +53,7 @@ def _computed(row: dict[str, str]) -> dict[str, object]:
 
 def test_a_parallel_sweep_gives_the_sequential_results(tmp_path):
     # Prepare: two tiny runs
-    (tmp_path / "base.yaml").write_text(
-        "name: tiny\nrounds: 1\ntrain: {steps: 3}\nsimulation: {num_clients: 2}\n"
-        "data: {train_per_client: 8, val_per_client: 8}\n")
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("base: base.yaml\nname: t\nruns:\n  - {name: fedavg, overrides: []}\n"
-                     "  - {name: lr-low, overrides: [train.lr=0.0001]}\n"
-                     "metrics: [final.eval_loss]\n")
+    sweep = _two_run_sweep(tmp_path)
     # Execute: one after the other, then both at once
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "seq"), "--no-progress"]) == 0
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "par"), "--parallel", "2"]) == 0

@@ -14,17 +14,13 @@ from fedprivacy.clients.job import client_resources
 from fedprivacy.config import flatten, load_config
 from fedprivacy.methods.local import KEEP_MODEL_KEY
 from fedprivacy.models import build_model, load_tokenizer
+from tests.tiny import PII as TINY_PII
+from tests.tiny import SMALL
 
 pytestmark = pytest.mark.integration
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
-SMALL = ["model.hidden_size=32", "model.num_layers=2", "train.steps=2", "train.batch_size=8",
-         "simulation.num_clients=2", "data.train_per_client=16", "data.val_per_client=8"]
-PII = SMALL + ["data.source=pii", "data.pii_records=24", "data.canary.count=2",
-               "data.canary.repeats=2", "data.canary.digits=4", "evaluation.privacy=true",
-               "client.swing.teacher_steps=2", "client.swing.student_steps=2",
-               "client.kd.teacher_steps=2", "client.kd.student_steps=2",
-               "client.depn.top_z=5", "client.depn.ig_steps=4", "client.depn.max_records=2"]
+PII = TINY_PII + ["client.depn.top_z=5", "client.depn.ig_steps=4", "client.depn.max_records=2"]
 
 
 def _setup(overrides, partition=0):

@@ -24,17 +24,11 @@ from fedprivacy.privacy.dp import epsilon, make_private, restore_accountant
 from fedprivacy.strategies.depn_merge import NeuronEditMerge
 from fedprivacy.strategies.server_app import GlobalModel, ServerRun
 from fedprivacy.training import make_optimizer
-from tests.tiny import train_reply
+from tests.tiny import PII, SMALL, train_reply
 
 pytestmark = pytest.mark.integration
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
-SMALL = ["model.hidden_size=32", "model.num_layers=2", "train.steps=2", "train.batch_size=8",
-         "simulation.num_clients=2", "data.train_per_client=16", "data.val_per_client=8"]
-PII = SMALL + ["data.source=pii", "data.pii_records=24", "data.canary.count=2",
-               "data.canary.repeats=2", "data.canary.digits=4", "evaluation.privacy=true",
-               "client.swing.teacher_steps=2", "client.swing.student_steps=2",
-               "client.kd.teacher_steps=2", "client.kd.student_steps=2"]
 LORA = ["model.adapter=lora", "model.lora_r=4"]
 
 

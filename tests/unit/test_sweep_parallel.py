@@ -13,6 +13,7 @@ from fedprivacy.config import ExperimentConfig
 from fedprivacy.report import RunFolder
 from fedprivacy.simulations import runner
 from fedprivacy.simulations.cli import main
+from tests.tiny import lr_sweep
 
 pytestmark = pytest.mark.unit
 
@@ -51,14 +52,6 @@ class ConcurrentRuns:
                 self.running -= 1
 
 
-def _sweep(tmp_path, lrs: list[float]):
-    (tmp_path / "base.yaml").write_text("name: tiny\nrounds: 1\n")
-    runs = "".join(f"  - {{name: lr{i}, overrides: [train.lr={lr}]}}\n" for i, lr in enumerate(lrs))
-    path = tmp_path / "sweep.yaml"
-    path.write_text(f"base: base.yaml\nname: t\nruns:\n{runs}metrics: [final.eval_loss]\n")
-    return path
-
-
 def _results(out) -> tuple[list[dict[str, str]], str]:
     rows = list(csv.DictReader((out / "results.csv").open()))
     for row in rows:
@@ -71,7 +64,7 @@ def test_parallel_runs_overlap_and_write_what_a_sequential_sweep_writes(tmp_path
     lrs = [0.01, 0.02, 0.03]
     fake = ConcurrentRuns({0.01: 0.6, 0.02: 0.1, 0.03: 0.1})
     monkeypatch.setattr(runner, "run_experiment", fake)
-    sweep = str(_sweep(tmp_path, lrs))
+    sweep = str(lr_sweep(tmp_path, lrs))
     # Execute: the sweep sequentially, then two at a time, then again two at a time (resume)
     assert main(["sweep", sweep, "--out", str(tmp_path / "seq"), "--no-progress"]) == 0
     fake.most = 0
@@ -95,7 +88,7 @@ def test_an_interrupt_stops_the_running_runs_and_starts_no_more(tmp_path, monkey
     out = tmp_path / "out"
     # Execute
     began = time.monotonic()
-    code = main(["sweep", str(_sweep(tmp_path, [0.01, 0.02, 0.03])), "--out", str(out),
+    code = main(["sweep", str(lr_sweep(tmp_path, [0.01, 0.02, 0.03])), "--out", str(out),
                  "--parallel", "2"])
     # Assert: both running runs were stopped at once, the third never started
     assert code == 130 and time.monotonic() - began < 10
@@ -105,7 +98,7 @@ def test_an_interrupt_stops_the_running_runs_and_starts_no_more(tmp_path, monkey
 
 
 def test_parallel_must_be_positive(tmp_path, capsys):
-    code = main(["sweep", str(_sweep(tmp_path, [0.01])), "--out", str(tmp_path / "o"),
+    code = main(["sweep", str(lr_sweep(tmp_path, [0.01])), "--out", str(tmp_path / "o"),
                  "--parallel", "0"])
     assert code == 2
     assert "--parallel: must be >= 1 (got 0)" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from fedprivacy.config import ExperimentConfig
 from fedprivacy.report import RunFolder
 from fedprivacy.simulations import runner
 from fedprivacy.simulations.cli import main
+from tests.tiny import lr_sweep
 
 pytestmark = pytest.mark.unit
 
@@ -31,14 +32,6 @@ class FakeRuns:
         return folder
 
 
-def _sweep(tmp_path, lrs: list[float]):
-    (tmp_path / "base.yaml").write_text("name: tiny\nrounds: 1\n")
-    runs = "".join(f"  - {{name: lr{i}, overrides: [train.lr={lr}]}}\n" for i, lr in enumerate(lrs))
-    path = tmp_path / "sweep.yaml"
-    path.write_text(f"base: base.yaml\nname: t\nruns:\n{runs}metrics: [final.eval_loss]\n")
-    return path
-
-
 def _rows(out):
     return list(csv.DictReader((out / "results.csv").open()))
 
@@ -49,7 +42,7 @@ def test_a_crashed_run_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch, cap
     monkeypatch.setattr(runner, "run_experiment", fake)
     out = tmp_path / "out"
     # Execute
-    code = main(["sweep", str(_sweep(tmp_path, [0.01, 0.02, 0.03])), "--out", str(out),
+    code = main(["sweep", str(lr_sweep(tmp_path, [0.01, 0.02, 0.03])), "--out", str(out),
                  "--no-progress"])
     # Assert: all three ran; the crash is in both tables; the exit code says so
     assert code == 1 and len(fake.done) == 3
@@ -68,11 +61,11 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path, monkeypatc
     fake = FakeRuns()
     monkeypatch.setattr(runner, "run_experiment", fake)
     out = tmp_path / "out"
-    assert main(["sweep", str(_sweep(tmp_path, [0.01, 0.02])), "--out", str(out),
+    assert main(["sweep", str(lr_sweep(tmp_path, [0.01, 0.02])), "--out", str(out),
                  "--no-progress"]) == 0
     fake.done.clear()
     # Execute: the same sweep with the second run's lr changed, on the same folder
-    code = main(["sweep", str(_sweep(tmp_path, [0.01, 0.003])), "--out", str(out),
+    code = main(["sweep", str(lr_sweep(tmp_path, [0.01, 0.003])), "--out", str(out),
                  "--no-progress"])
     # Assert: only the changed run ran again; the table reports what it was trained with
     assert code == 0
