@@ -88,11 +88,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The model's weights on the CPU, ready for a Flower ArrayRecord."""
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

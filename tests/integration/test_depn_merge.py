@@ -7,8 +7,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedprivacy import sites
+from fedprivacy.adapters import wire_state
 from fedprivacy.config import ModelConfig
-from fedprivacy.models import build_model, cpu_state_dict, load_tokenizer
+from fedprivacy.models import build_model, load_tokenizer
 from fedprivacy.privacy.depn import neuron_ids, neurons_by_layer
 from fedprivacy.strategies.depn_merge import NEURONS_KEY, NeuronEditMerge
 from tests.tiny import train_reply
@@ -33,7 +34,7 @@ def test_union_of_reported_neurons_is_zeroed_after_averaging():
     # Prepare: two clients with the same weights; each reports one different neuron
     mc = ModelConfig(hidden_size=32, num_layers=2)
     model = build_model(mc, load_tokenizer(mc), seed=0)
-    arrays = ArrayRecord(cpu_state_dict(model))
+    arrays = ArrayRecord(wire_state(model))
     d_ff = sites.ffn_dim(model)
     merge = NeuronEditMerge(FedAvg(), model)
     # Execute
