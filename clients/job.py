@@ -22,7 +22,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedprivacy import adapters, wire
 from fedprivacy.config import ExperimentConfig, unflatten
 from fedprivacy.data.encoding import encode_records
-from fedprivacy.data.federated import ClientData, build_client_data
+from fedprivacy.data.federated import (
+    NODE_DATA_KEY,
+    ClientData,
+    build_client_data,
+    node_file_client_data,
+)
 from fedprivacy.data.records import derive_seed
 from fedprivacy.methods import local
 from fedprivacy.methods.registry import Method
@@ -52,10 +57,12 @@ def _base(run_config_json: str) -> tuple[ExperimentConfig, PreTrainedTokenizerBa
 
 
 @lru_cache(maxsize=512)
-def client_resources(run_config_json: str, partition_id: int, num_partitions: int
-                     ) -> ClientResources:
+def client_resources(run_config_json: str, partition_id: int, num_partitions: int,
+                     data_path: str = "") -> ClientResources:
+    """This client's resources; ``data_path`` (a node's own file) replaces the run's data."""
     cfg, tokenizer, skeleton = _base(run_config_json)
-    data = build_client_data(cfg.data, partition_id, num_partitions, cfg.seed)
+    data = (node_file_client_data(cfg.data, data_path, cfg.seed) if data_path else
+            build_client_data(cfg.data, partition_id, num_partitions, cfg.seed))
     encode = lambda records: encode_records(tokenizer, records, cfg.data.max_length)  # noqa: E731
     return ClientResources(cfg, tokenizer, data, encode(data.train), encode(data.validation),
                            skeleton)
@@ -72,9 +79,13 @@ def partition_of(context: Context) -> tuple[int, int]:
 
 
 def resources_of(context: Context) -> tuple[ClientResources, int]:
-    """This node's cached resources and its partition id."""
+    """This node's cached resources and its partition id; a node config's ``data-path``
+    (``flower-supernode --node-config "... data-path=/srv/private/notes.jsonl"``) names the
+    node's own data file."""
     pid, num = partition_of(context)
-    return client_resources(json.dumps(dict(context.run_config), sort_keys=True), pid, num), pid
+    path = str(context.node_config.get(NODE_DATA_KEY, ""))
+    return client_resources(json.dumps(dict(context.run_config), sort_keys=True), pid, num,
+                            path), pid
 
 
 @dataclass

@@ -84,8 +84,13 @@ class StrategyConfig:
     name: str = "fedavg"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
-    min_clients: int = 2  # nodes that must be connected before a round starts
+    # a round waits (up to node_wait) for this many connected nodes, and its aggregate needs
+    # this many valid replies (else the global model stays as it was)
+    min_clients: int = 2
     round_timeout: float = 600.0  # seconds; stragglers past it are dropped
+    # seconds a round stage waits for min_clients connected nodes before it goes on with the
+    # nodes it has (a dead SuperNode costs at most this, never forever)
+    node_wait: float = 120.0
 
 
 @dataclass
@@ -242,6 +247,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(cfg.train.lr > 0, "train.lr", "must be > 0", cfg.train.lr)
     _require(cfg.strategy.round_timeout > 0, "strategy.round_timeout", "must be > 0",
              cfg.strategy.round_timeout)
+    _require(cfg.strategy.node_wait > 0, "strategy.node_wait", "must be > 0",
+             cfg.strategy.node_wait)
+    _require(cfg.strategy.min_clients >= 1, "strategy.min_clients", "must be >= 1",
+             cfg.strategy.min_clients)
     _require(cfg.strategy.min_clients <= cfg.simulation.num_clients, "strategy.min_clients",
              f"must be <= simulation.num_clients ({cfg.simulation.num_clients})",
              cfg.strategy.min_clients)
@@ -254,9 +263,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if cfg.model.preset == "":
         _require(bool(cfg.model.name_or_path), "model.name_or_path",
                  "must be set when model.preset is empty", cfg.model.name_or_path)
-    if cfg.data.source == "files":
-        _require(bool(cfg.data.path), "data.path", "must name a file when data.source=files",
-                 cfg.data.path)
+    if cfg.data.node_paths:
+        _validate_node_paths(cfg)
     if cfg.data.source == "facts":
         _validate_facts(cfg)
     if cfg.data.source == "concepts":
@@ -337,12 +345,25 @@ def _validate_concepts(cfg: ExperimentConfig) -> None:
              world.parallel_share + world.neutral_share)
 
 
+def _validate_node_paths(cfg: ExperimentConfig) -> None:
+    """``data.node_paths``: one file per client, for node-local files data."""
+    d = cfg.data
+    _require(d.source == "files" and not d.path, "data.node_paths",
+             "needs data.source=files and an empty data.path (node-local data)", d.node_paths)
+    _require(len(d.node_paths) == cfg.simulation.num_clients, "data.node_paths",
+             f"must name one file per client (simulation.num_clients="
+             f"{cfg.simulation.num_clients})", d.node_paths)
+
+
 def check_local_files(cfg: ExperimentConfig) -> None:
     """Files the config names exist on this machine (the launcher's check: in a deployment the
     server does not see the clients' files, so `validate` does not look)."""
-    if cfg.data.source == "files":
+    if cfg.data.source == "files" and cfg.data.path:  # "": every node names its own
         _require(Path(cfg.data.path).expanduser().is_file(), "data.path",
                  "file does not exist", cfg.data.path)
+    for i, path in enumerate(cfg.data.node_paths):
+        _require(Path(path).expanduser().is_file(), f"data.node_paths[{i}]",
+                 "file does not exist", path)
     if cfg.server.eval_source == "file":
         _require(Path(cfg.server.eval_path).expanduser().is_file(), "server.eval_path",
                  "file does not exist", cfg.server.eval_path)

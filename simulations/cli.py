@@ -59,15 +59,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from fedprivacy.report import RunFolder
+    from fedprivacy.simulations.deploy import submit_run
+
+    cfg = load_config(args.config, args.overrides + ([f"out_dir={args.out}"] if args.out else []))
+    done = submit_run(cfg, args.superlink, args.root_certificates, args.insecure)
+    if not done.ok:
+        what = f"run {done.run_id} {done.status}" if done.run_id else "no run was started"
+        _say(f"error: {what}: {done.error}", "red")
+        return 1
+    folder = RunFolder(cfg.out_dir) if cfg.out_dir else None
+    if folder is not None and (folder.path / "summary.json").is_file():  # this is its host
+        console.print(_summary_table(folder.summary()))
+    _say(f"run {done.run_id} finished; run folder (on the SuperLink's host): "
+         f"{cfg.out_dir or 'runs/<name>-<time> under its working directory'}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from fedprivacy.simulations.sweep import load_sweep, run_sweep, sweep_root
 
     sweep = load_sweep(args.sweep)
     root = sweep_root(sweep, args.out)
-    at_once = f", {args.parallel} at a time" if args.parallel > 1 else ""
-    _say(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}{at_once}")
+    parallel = args.parallel if args.parallel is not None else (0 if args.ray else 1)
+    at_once = f", {parallel} at a time" if parallel > 1 else ""
+    where = f", as Ray tasks on {args.ray}" if args.ray else ""
+    _say(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}{at_once}{where}")
     try:
-        failed = run_sweep(sweep, root, not args.no_progress, args.parallel).failed
+        failed = run_sweep(sweep, root, not args.no_progress, parallel, args.ray).failed
     except KeyboardInterrupt:
         _say(f"interrupted: go on with fedprivacy sweep {args.sweep} --out {root}", "yellow")
         return 130
@@ -94,6 +114,18 @@ def cmd_align(args: argparse.Namespace) -> int:
             table.add_row(stage, key, f"{before:.4g}", f"{after:.4g}")
     console.print(table)
     _say(f"aligned model: {folder / 'aligned'}; reports: {folder / 'alignment'}")
+    return 0
+
+
+def cmd_credentials(args: argparse.Namespace) -> int:
+    from fedprivacy.simulations.credentials import make_credentials
+
+    creds = make_credentials(args.out, args.host, args.nodes)
+    _say(f"CA certificate (give it to every SuperNode and flwr): {creds.ca_cert}")
+    _say(f"SuperLink: --ssl-ca-certfile {creds.ca_cert} --ssl-certfile {creds.server_cert} "
+         f"--ssl-keyfile {creds.server_key} (valid for {', '.join(args.host)})")
+    for key in creds.node_keys:
+        _say(f"SuperNode key: {key} (register {key}.pub with flwr supernode register)")
     return 0
 
 
@@ -152,12 +184,27 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="resume a killed run from its folder")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(fn=cmd_run)
+    submit = sub.add_parser("submit", parents=[common],
+                            help="run a config on a deployment (a running SuperLink and its "
+                                 "SuperNodes) and report its real outcome")
+    submit.add_argument("config", nargs="?", help="YAML config (default: the embedded quickstart)")
+    submit.add_argument("overrides", nargs="*", help="key=value overrides")
+    submit.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    submit.add_argument("--root-certificates", metavar="CA_CRT",
+                        help="the CA certificate of the SuperLink's TLS (fedprivacy credentials)")
+    submit.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    submit.add_argument("--out", help="run folder, an absolute path on the SuperLink's host")
+    submit.set_defaults(fn=cmd_submit)
     sweep = sub.add_parser("sweep", help="run every run of a sweep file and compare them",
                            parents=[common])
     sweep.add_argument("sweep")
     sweep.add_argument("--out", help="sweep folder (default runs/sweep-<name>-<time>)")
-    sweep.add_argument("--parallel", type=int, default=1, metavar="N",
-                       help="run up to N runs at once (default 1; per-run progress is off)")
+    sweep.add_argument("--parallel", type=int, metavar="N",
+                       help="run up to N runs at once (default 1, with --ray 0: as many as "
+                            "the cluster fits; per-run progress is off)")
+    sweep.add_argument("--ray", default="", metavar="ADDRESS",
+                       help="run each run as a task on this existing Ray cluster "
+                            "('auto' or HOST:PORT)")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(fn=cmd_sweep)
     align = sub.add_parser("align", parents=[common],
@@ -180,6 +227,13 @@ def parser() -> argparse.ArgumentParser:
     track.add_argument("--experiment", help="MLflow experiment (default: its "
                                             "tracking.experiment, else its name)")
     track.set_defaults(fn=cmd_track)
+    creds = sub.add_parser("credentials", parents=[common],
+                           help="TLS certificates and SuperNode keys for a deployment")
+    creds.add_argument("out", help="folder (certificates/ and keys/ go there)")
+    creds.add_argument("--host", action="append", required=True,
+                       help="a name or IP address the SuperLink is reached by (repeat)")
+    creds.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs (default 2)")
+    creds.set_defaults(fn=cmd_credentials)
     config = sub.add_parser("config", help="print the resolved config", parents=[common])
     config.add_argument("config", nargs="?")
     config.add_argument("overrides", nargs="*")

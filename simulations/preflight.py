@@ -15,13 +15,14 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedprivacy import adapters
-from fedprivacy.config import ExperimentConfig
+from fedprivacy.config import ConfigError, ExperimentConfig
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import (
     ClientData,
     DataConfig,
     build_client_data,
     build_server_data,
+    is_node_local,
     is_pooled,
     pooled_client_data,
 )
@@ -81,6 +82,8 @@ def client_data(cfg: ExperimentConfig) -> list[ClientData]:
     error that names no key is put on the data source's key.
     """
     d, num, seed = cfg.data, cfg.simulation.num_clients, cfg.seed
+    if is_node_local(d):  # every client's own file (none here: a deployment's nodes hold them)
+        return [build_client_data(d, i, num, seed) for i in range(len(d.node_paths))]
     try:
         if not is_pooled(d):
             return [build_client_data(d, 0, num, seed)]
@@ -98,11 +101,13 @@ class Probe:
 
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
-    data: ClientData
+    data: ClientData | None  # None: the clients' data is on the deployment's nodes
 
 
-def preflight(cfg: ExperimentConfig) -> None:
-    """Raise a clear error (naming the key) if this config cannot run; write nothing."""
+def preflight(cfg: ExperimentConfig, deployment: bool = False) -> None:
+    """Raise a clear error (naming the key) if this config cannot run; write nothing. In a
+    ``deployment`` the SuperNodes may hold the clients' files (node-local data): then the
+    clients' checks are theirs."""
     check_tracking(cfg.tracking)  # the backend is importable (a store is reached after the run)
     resolve_device(cfg.train.device)  # the server and every client move the model there
     tokenizer = load_tokenizer(cfg.model)  # a bad model folder is named here
@@ -110,7 +115,12 @@ def preflight(cfg: ExperimentConfig) -> None:
     model = adapters.wrap(build_model(cfg.model, tokenizer, cfg.seed), cfg.model, cfg.seed)
     num = cfg.simulation.num_clients
     clients = client_data(cfg)
-    check_split_sizes(cfg, clients)
+    if not clients and not deployment:
+        raise ConfigError("data.path: empty (node-local data): a simulation needs "
+                          "data.node_paths (one file per client); in a deployment each "
+                          "SuperNode names its own (--node-config data-path=...)")
+    if clients:
+        check_split_sizes(cfg, clients)
     for i, data in enumerate(clients):
         for split in NEEDED:
             try:
@@ -124,7 +134,7 @@ def preflight(cfg: ExperimentConfig) -> None:
                              server.eval_records, num, cfg.seed):
         raise ValueError(f"server.eval_source={server.eval_source!r}: the server's evaluation "
                          "set is empty")
-    probe = Probe(tokenizer, model, clients[0])
+    probe = Probe(tokenizer, model, clients[0] if clients else None)
     for method in registry.configured(cfg):
         if method.preflight is not None:
             method.preflight(cfg, probe)

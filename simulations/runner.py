@@ -85,7 +85,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (next to the running interpreter)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
@@ -150,7 +150,7 @@ def simulation_superlink(log_path: Path, lock_fd: int | None = None, ray_address
         proc: subprocess.Popen | None = None
         try:
             proc = subprocess.Popen(
-                [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+                [console_script("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
                  "--port", str(port), "--isolation", "subprocess",
                  "--disable-runtime-dependency-installation"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -180,8 +180,9 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log_path: Path, timeout: fl
     raise RunFailed(f"the SuperLink did not become healthy in {timeout:.0f} s; see {log_path}")
 
 
-def check_ray_cluster(address: str, timeout: float = 5.0) -> None:
-    """A HOST:PORT ``simulation.ray_address`` answers (fail in seconds, not in Ray's retries);
+def check_ray_cluster(address: str, timeout: float = 5.0, key: str = "simulation.ray_address"
+                      ) -> None:
+    """A HOST:PORT Ray address (``key``) answers (fail in seconds, not in Ray's retries);
     "" (a private Ray) and "auto" (Ray finds it) are not checked."""
     if address in ("", "auto"):
         return
@@ -189,7 +190,7 @@ def check_ray_cluster(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
-        raise ConfigError(f"simulation.ray_address: no Ray cluster answers at {address} ({err}); "
+        raise ConfigError(f"{key}: no Ray cluster answers at {address} ({err}); "
                           f"start one (ray start --head --port={port}) or fix the address"
                           ) from err
 
@@ -215,7 +216,7 @@ def submit(app_dir: Path, cfg: ExperimentConfig, log_path: Path,
     with (simulation_superlink(log_path, lock_fd, cfg.simulation.ray_address) as env,
           log_path.open("ab") as log):
         proc = subprocess.Popen(
-            [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream",
+            [console_script("flwr"), "run", str(app_dir), CONNECTION, "--stream",
              "--federation-config", federation_config(cfg)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

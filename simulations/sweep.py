@@ -30,6 +30,13 @@ simulation processes and holding its own folder's lock); folders, rows and their
 those of a sequential sweep, and a run's row (and MLflow run) is written once every run
 before it has ended. An interrupt stops all of them; rerun, the sweep resumes as usual.
 
+With ``ray_address`` ("auto" or HOST:PORT, ``--ray``) each run is a Ray task on that existing
+cluster, up to ``parallel`` at once (0: as many as its CPUs fit); folders and rows are again a
+sequential sweep's, plus ``ran_on`` (the node and process that ran it). A task reserves the
+CPUs its run's private Ray may take (``simulation.ray_cpus``, 1 when 0), or none when the run's
+own simulation attaches to a cluster (its clients then reserve theirs). Every node needs this
+package installed and the sweep folder on a file system it shares with the others.
+
 With ``tracking.backend: mlflow`` (the same for every run) the sweep is a parent MLflow run
 and each run is logged nested under it as it ends (`fedprivacy.tracking`); the experiment is
 ``tracking.experiment`` or the sweep's ``name``, the store by default ``<sweep>/mlruns``.
@@ -195,19 +202,24 @@ def _run_one(sweep: Sweep, run: SweepRun, folder: Path, progress: bool,
 def _row(sweep: Sweep, run: SweepRun, root: Path, progress: bool,
          stop: threading.Event | None = None) -> dict[str, Any]:
     """One run's ``results.csv`` row; a run that fails is a row with its error."""
-    folder = root / f"{_slug(run.variant)}-seed{run.seed}"
-    row: dict[str, Any] = {"variant": run.variant, "seed": run.seed,
-                           "overrides": " ".join(run.overrides), "run_dir": str(folder)}
+    row = _row_head(run, root)
     try:
-        row.update(_run_one(sweep, run, folder, progress, stop))
+        row.update(_run_one(sweep, run, Path(row["run_dir"]), progress, stop))
     except Exception as err:  # recorded; the next runs still run
         row.update(status=FAILED, error=describe(err))
     return row
 
 
+def _row_head(run: SweepRun, root: Path) -> dict[str, Any]:
+    """The columns of a run's row that come before its outcome (its folder among them)."""
+    return {"variant": run.variant, "seed": run.seed, "overrides": " ".join(run.overrides),
+            "run_dir": str(root / f"{_slug(run.variant)}-seed{run.seed}")}
+
+
 def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = True,
-              parallel: int = 1) -> SweepOutcome:
-    """Run every run of ``sweep``, ``parallel`` at a time; write the comparison after each.
+              parallel: int = 1, ray_address: str = "") -> SweepOutcome:
+    """Run every run of ``sweep``, ``parallel`` at a time (as Ray tasks on the cluster at
+    ``ray_address`` when one is named); write the comparison after each.
 
     Runs are named ``<variant>-seed<seed>``; on the same ``out_dir`` a finished run is reused
     if its stored config equals the new one (else it is set aside and rerun) and a cut-short
@@ -215,9 +227,13 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = 
     error (``status`` failed) and the sweep goes on; an interrupt stops the sweep. With
     tracking on, each run is logged under the sweep's parent MLflow run as it ends (in
     parallel: once the runs before it have ended). Per-run progress bars are off in parallel."""
-    if parallel < 1:
-        raise ConfigError(f"--parallel: must be >= 1 (got {parallel})")
+    if parallel < (0 if ray_address else 1):
+        raise ConfigError(f"--parallel: must be >= 1, or 0 with --ray (got {parallel})")
     check(sweep.tracking)
+    if ray_address:
+        from fedprivacy.simulations.runner import check_ray_cluster
+
+        check_ray_cluster(ray_address, key="--ray")
     root = sweep_root(sweep, out_dir)
     root.mkdir(parents=True, exist_ok=True)
     ended: dict[int, dict[str, Any]] = {}
@@ -231,7 +247,9 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = 
             write_results(root, [ended[i] for i in sorted(ended)], sweep.metrics,
                           sweep.baseline)
 
-        if parallel == 1:
+        if ray_address:
+            _run_on_ray(sweep, root, parallel, ray_address, record)
+        elif parallel == 1:
             for index, run in enumerate(sweep.runs):
                 record(index, _row(sweep, run, root, progress))
         else:
@@ -257,6 +275,61 @@ def _run_parallel(sweep: Sweep, root: Path, parallel: int,
             stop.set()  # the pool's exit waits for the running ones to stop their processes
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def task_cpus(cfg: ExperimentConfig) -> int:
+    """The CPUs a run's Ray task reserves: none when its simulation attaches to a cluster
+    (its clients reserve their own there), else what its private Ray may use (1 when 0)."""
+    return 0 if cfg.simulation.ray_address else max(cfg.simulation.ray_cpus, 1)
+
+
+def _ray_row(sweep: Sweep, run: SweepRun, root: Path) -> dict[str, Any]:
+    """A run's row, from inside its Ray task; ``ran_on`` names the node and process."""
+    import os
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:12]
+    return {**_row(sweep, run, root, False), "ran_on": f"{node}:{os.getpid()}"}
+
+
+def _run_on_ray(sweep: Sweep, root: Path, parallel: int, address: str,
+                record: Callable[[int, dict[str, Any]], None]) -> None:
+    """Run each run as a task on the Ray cluster at ``address``, ``parallel`` in flight (0: all
+    submitted, the cluster schedules them), ``record``ing rows as they end. A task that dies
+    (its worker or node lost) is a failed row; an interrupt cancels the tasks (each stops its
+    simulation as on Ctrl-C) and waits for them to end."""
+    import ray
+
+    from fedprivacy.simulations.runner import sigterm_as_interrupt
+
+    ray.init(address=address, logging_level="ERROR", configure_logging=False)
+    try:
+        task = ray.remote(max_retries=0)(_ray_row)
+        queue = list(enumerate(sweep.runs))
+        pending: dict[Any, int] = {}
+        with sigterm_as_interrupt():
+            try:
+                while queue or pending:
+                    while queue and (parallel == 0 or len(pending) < parallel):
+                        index, run = queue.pop(0)
+                        cpus = task_cpus(run_config(sweep, run, root / "_"))
+                        pending[task.options(num_cpus=cpus).remote(sweep, run, root)] = index
+                    [ref], _ = ray.wait(list(pending), num_returns=1)
+                    index = pending.pop(ref)
+                    try:
+                        row = ray.get(ref)
+                    except ray.exceptions.RayError as err:  # the task itself was lost
+                        row = {**_row_head(sweep.runs[index], root), "status": FAILED,
+                               "error": describe(err)}
+                    record(index, row)
+            except BaseException:
+                for ref in pending:
+                    ray.cancel(ref)  # a KeyboardInterrupt inside: the run stops its processes
+                ray.wait(list(pending), num_returns=len(pending), timeout=120)
+                raise
+    finally:
+        ray.shutdown()
 
 
 def _slug(text: str) -> str:

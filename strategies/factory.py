@@ -29,7 +29,8 @@ def fedavg_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
     sc = cfg.strategy
     return {"fraction_train": sc.fraction_train, "fraction_evaluate": sc.fraction_evaluate,
             "min_train_nodes": 1, "min_evaluate_nodes": 1 if sc.fraction_evaluate > 0 else 0,
-            "min_available_nodes": sc.min_clients, "weighted_by_key": wire.NUM_EXAMPLES,
+            # GuardedStrategy waits for min_clients nodes, bounded: Flower's own wait is not
+            "min_available_nodes": 1, "weighted_by_key": wire.NUM_EXAMPLES,
             "train_metrics_aggr_fn": aggregate_client_metrics,
             "evaluate_metrics_aggr_fn": aggregate_client_metrics}
 

@@ -65,13 +65,21 @@ class GuardedStrategy(StrategyWrapper):
     ``query_timeout`` bounds that question (seconds). With ``round_timeout`` (seconds, the
     timeout the run gives `start`) every train message carries the round's deadline
     (``wire.DEADLINE``), at which a straggling client stops (`fedprivacy.deadline`).
+
+    Each stage waits up to ``node_wait`` seconds for ``min_clients`` connected nodes, then
+    goes on with those it has (none: the stage is skipped), and an aggregate needs
+    ``min_clients`` valid replies, else the global model (or the round's client metrics) stays
+    as it was: a dead node costs a bounded wait, never a run that hangs. The wrapped strategy
+    must not wait for nodes itself (FedAvg: ``min_available_nodes=1``).
     """
 
     def __init__(self, inner: Strategy, weight_key: str = wire.NUM_EXAMPLES,
                  round_offset: int = 0, query_timeout: float = 60.0,
-                 round_timeout: float | None = None) -> None:
+                 round_timeout: float | None = None, min_clients: int = 1,
+                 node_wait: float = 120.0) -> None:
         super().__init__(inner)
         self.weight_key = weight_key
+        self.min_clients, self.node_wait = min_clients, node_wait
         self.query_timeout = query_timeout
         self.round_timeout = round_timeout
         self.round_offset = round_offset
@@ -91,17 +99,40 @@ class GuardedStrategy(StrategyWrapper):
     # --- train --------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.round_log(server_round).started = time.time()
+        entry = self.round_log(server_round)
+        entry.started = time.time()
         self._spec = array_spec(arrays)
-        nodes = list(grid.get_node_ids())
+        nodes = self._wait_for_nodes(entry, "train", grid)
         self._learn_partitions(grid, nodes)
         self._sent = list(self.inner.configure_train(server_round + self.round_offset, arrays,
-                                                     config, grid))
+                                                     config, grid)) if nodes else []
         if self.round_timeout is not None:  # the clients stop their local work then
             ends = time.time() + self.round_timeout
             for msg in self._sent:
                 msg.content[wire.CONFIG][wire.DEADLINE] = ends
         return self._sent
+
+    def _wait_for_nodes(self, entry: RoundLog, stage: str, grid: Grid) -> list[int]:
+        """The connected nodes, once ``min_clients`` are or ``node_wait`` seconds have passed
+        (then the shortfall is logged and recorded)."""
+        ends = time.time() + self.node_wait
+        while len(nodes := list(grid.get_node_ids())) < self.min_clients and time.time() < ends:
+            time.sleep(min(1.0, max(ends - time.time(), 0.0)))
+        if len(nodes) < self.min_clients:
+            log(WARNING, "round %d %s: %d of the %d nodes strategy.min_clients asks for are "
+                "connected after %.0f s (strategy.node_wait); going on with them", entry.round,
+                stage, len(nodes), self.min_clients, self.node_wait)
+            entry.extra.setdefault("nodes_short", {})[stage] = len(nodes)
+        return nodes
+
+    def _enough(self, entry: RoundLog, stage: str, valid: list[Message]) -> bool:
+        """Whether ``valid`` has the ``min_clients`` replies an aggregate needs (else logged)."""
+        if len(valid) >= self.min_clients:
+            return True
+        log(WARNING, "round %d %s: %d valid replies, fewer than strategy.min_clients (%d); "
+            "nothing is aggregated", entry.round, stage, len(valid), self.min_clients)
+        entry.extra.setdefault("not_aggregated", []).append(stage)
+        return False
 
     def _learn_partitions(self, grid: Grid, nodes: list[int]) -> None:
         """Ask nodes whose partition is not known yet for it (their query reply)."""
@@ -115,9 +146,8 @@ class GuardedStrategy(StrategyWrapper):
         entry = self.round_log(server_round)
         entry.durations["train_s"] = time.time() - entry.started
         valid = self._keep_valid(entry, list(replies), "train", self._spec)
-        if not valid:
-            log(WARNING, "round %d: no valid train reply; the global model is unchanged",
-                entry.round)
+        if not self._enough(entry, "train", valid):
+            log(WARNING, "round %d: the global model is unchanged", entry.round)
             return None, None
         arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, valid)
         entry.extra["train"] = dict(metrics or {})
@@ -126,9 +156,11 @@ class GuardedStrategy(StrategyWrapper):
     # --- evaluate -----------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        self.round_log(server_round).extra["evaluate_started"] = time.time()
+        entry = self.round_log(server_round)
+        entry.extra["evaluate_started"] = time.time()
+        nodes = self._wait_for_nodes(entry, "evaluate", grid)
         self._sent = list(self.inner.configure_evaluate(server_round + self.round_offset, arrays,
-                                                        config, grid))
+                                                        config, grid)) if nodes else []
         return self._sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
@@ -137,7 +169,7 @@ class GuardedStrategy(StrategyWrapper):
         started = entry.extra.pop("evaluate_started", time.time())
         entry.durations["evaluate_s"] = time.time() - started
         valid = self._keep_valid(entry, list(replies), "evaluate", None)
-        if not valid:
+        if not self._enough(entry, "evaluate", valid):
             return None
         metrics = self.inner.aggregate_evaluate(server_round + self.round_offset, valid)
         entry.extra["evaluate"] = dict(metrics or {})

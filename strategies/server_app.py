@@ -58,8 +58,11 @@ class ServerRun:
 
     def __init__(self, cfg: ExperimentConfig, grid: Grid) -> None:
         self.cfg, self.grid = cfg, grid
-        self.folder = RunFolder(cfg.out_dir or Path("runs") / f"{cfg.name}-{int(time.time())}")
+        # absolute, on the host the ServerApp runs on (a deployment's SuperLink host)
+        self.folder = RunFolder((Path(cfg.out_dir).expanduser() if cfg.out_dir else
+                                 Path("runs") / f"{cfg.name}-{int(time.time())}").resolve())
         self.folder.write_config(cfg)  # also under `flwr run` and in deployments
+        log(INFO, "[fedprivacy] run folder: %s", self.folder.path)
         self.global_model = GlobalModel(cfg)
         self.eval_set = server_eval_set(cfg, self.global_model.tokenizer)
         self.started = time.time()
@@ -76,7 +79,9 @@ class ServerRun:
         inner = make_strategy(cfg, self.global_model)
         self.strategy = GuardedStrategy(inner, round_offset=done,
                                         query_timeout=cfg.strategy.round_timeout,
-                                        round_timeout=cfg.strategy.round_timeout)
+                                        round_timeout=cfg.strategy.round_timeout,
+                                        min_clients=cfg.strategy.min_clients,
+                                        node_wait=cfg.strategy.node_wait)
         remaining = cfg.rounds - done
         if remaining > 0:
             result = self.strategy.start(
@@ -106,10 +111,13 @@ class ServerRun:
                   "train": entry.extra.get("train", {}), "evaluate": entry.extra.get("evaluate", {}),
                   "durations": {**entry.durations, "round_s": time.time() - entry.started},
                   "strategy": self.strategy.round_record(rnd)}
+        for key in ("nodes_short", "not_aggregated"):  # a bounded wait, too few replies
+            if key in entry.extra:
+                record[key] = entry.extra[key]
         if rnd > 0 and not entry.extra.get("train"):
             record["no_valid_reply"] = True
-            log(WARNING, "[fedprivacy] round %d had no valid train reply: the global model is "
-                         "the previous round's", rnd)
+            log(WARNING, "[fedprivacy] round %d had fewer valid train replies than "
+                         "strategy.min_clients: the global model is the previous round's", rnd)
         every = self.cfg.alignment.every
         if self.cfg.alignment.stages and every and rnd > 0 and rnd % every == 0 \
                 and rnd < self.cfg.rounds:

@@ -22,6 +22,9 @@ class CanaryConfig:
     digits: int = 6       # secret length
 
 
+NODE_DATA_KEY = "data-path"  # a SuperNode's --node-config key that names its own data file
+
+
 @dataclass
 class DataConfig:
     source: str = "tasks"  # tasks | pii | files | facts (data.conflicts) | concepts (data.concept_world)
@@ -35,7 +38,12 @@ class DataConfig:
     canary: CanaryConfig = field(default_factory=CanaryConfig)
     facts: FactsConfig = field(default_factory=FactsConfig)
     concepts: ConceptWorldConfig = field(default_factory=ConceptWorldConfig)
-    path: str = ""               # source=files: a JSONL/CSV/Parquet file
+    # source=files: a JSONL/CSV/Parquet file every client cuts its part from; "" = node-local
+    # data, each deployment node names its own file (--node-config "data-path=...")
+    path: str = ""
+    # source=files, path "": client i's own file, node_paths[i] (node-local data in a
+    # simulation; a deployment node's --node-config data-path goes before it)
+    node_paths: list[str] = field(default_factory=list)
     prompt_field: str = ""
     completion_field: str = ""
     text_field: str = "text"
@@ -86,6 +94,11 @@ def _split_by_ratio(records: list[Record], cfg: DataConfig) -> tuple[list[Record
 def _pool(cfg: DataConfig, num_partitions: int, seed: int) -> list[Record]:
     """All clients' records before partitioning: task examples or the user's file."""
     if cfg.source == "files":
+        if not cfg.path:
+            raise ValueError(f"data.path is empty (node-local data), so every node names its "
+                             f"own file: start its SuperNode with --node-config \"partition-id="
+                             f"<i> num-partitions=<n> {NODE_DATA_KEY}=/abs/path.jsonl\" (in a "
+                             "simulation: data.node_paths)")
         return load_records(
             cfg.path, cfg.prompt_field or None, cfg.completion_field or None, cfg.text_field
         )
@@ -134,6 +147,9 @@ def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, s
     test in the configured ratio (`task` is None). pii: its own corpus and canaries (any partition).
     """
     _check(cfg, partition_id, num_partitions)
+    if cfg.source == "files" and cfg.node_paths:
+        return node_file_client_data(cfg, cfg.node_paths[partition_id], seed,
+                                     key=f"data.node_paths[{partition_id}]")
     if cfg.source == "pii":
         return _pii_client(cfg, partition_id, seed)
     if cfg.source == "tasks" and cfg.partition == "by_task":
@@ -141,9 +157,29 @@ def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, s
     return pooled_client_data(cfg, num_partitions, seed)[partition_id]
 
 
+def node_file_client_data(cfg: DataConfig, path: str, seed: int,
+                          key: str = f"node_config {NODE_DATA_KEY}") -> ClientData:
+    """A node's own data file (``data-path`` of its node config, or ``data.node_paths[i]``,
+    named by ``key``): every record is this client's, shuffled (seeded) and cut into
+    train/validation/test in the configured ratio. Needs ``data.source: files``."""
+    if cfg.source != "files":
+        raise ValueError(f"{key}={path!r} needs data.source=files in the run config "
+                         f"(got {cfg.source!r})")
+    records = load_records(path, cfg.prompt_field or None, cfg.completion_field or None,
+                           cfg.text_field, key=key)
+    [shuffled] = partition_records(records, 1, "iid", derive_seed(seed, "node-file"))
+    return ClientData(*_split_by_ratio(shuffled, cfg))
+
+
 def is_pooled(cfg: DataConfig) -> bool:
     """Whether clients cut their data from one shared pool (files, tasks + iid/dirichlet)."""
-    return not (cfg.source == "pii" or (cfg.source == "tasks" and cfg.partition == "by_task"))
+    return not (cfg.source == "pii" or (cfg.source == "tasks" and cfg.partition == "by_task")
+                or is_node_local(cfg))
+
+
+def is_node_local(cfg: DataConfig) -> bool:
+    """Whether every client holds a file of its own (``data.path`` empty, source files)."""
+    return cfg.source == "files" and not cfg.path
 
 
 def pooled_client_data(cfg: DataConfig, num_partitions: int, seed: int) -> list[ClientData]:

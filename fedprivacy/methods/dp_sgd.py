@@ -105,9 +105,12 @@ def _replayed_history(job: Any, q: float) -> dict[str, list[float | int]] | None
 
 
 def dp_preflight(cfg: Any, probe: Any) -> None:
-    """A target ε must be reachable at the run's sample rate and planned steps."""
+    """A target ε must be reachable at the run's sample rate and planned steps (checked by
+    each node when the clients' data is only there)."""
     from fedprivacy.privacy.dp import resolve_noise_multiplier
 
+    if probe.data is None:
+        return
     q = sample_rate(len(probe.data.train), cfg.train.batch_size)
     resolve_noise_multiplier(cfg.client.dp, q, planned_steps(cfg))
 

@@ -194,3 +194,53 @@ def test_dp_epsilon_is_accounted_for_the_poisson_sampling_that_runs(monkeypatch)
     reference = RDPAccountant()
     reference.history = [(cfg.client.dp.noise_multiplier, q, 12)]
     assert metrics["dp_sgd.epsilon"] == pytest.approx(reference.get_epsilon(cfg.client.dp.delta))
+
+
+def _notes(path, n, who):
+    path.write_text("".join(json.dumps({"text": f"{who} note {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_a_node_config_data_path_is_the_nodes_own_data(tmp_path):
+    # Prepare: a run of node-local data (no data.path); this node names its own file
+    overrides = SMALL + ["data.source=files", "data.path=",
+                         "data.train_per_client=6", "data.val_per_client=2",
+                         "data.test_per_client=2"]
+    cfg, context, arrays = _setup(overrides)
+    own = _notes(tmp_path / "alice.jsonl", 10, "alice")
+    context.node_config["data-path"] = str(own)
+    # Execute
+    res = client_resources(json.dumps(dict(context.run_config), sort_keys=True), 0, 2, str(own))
+    reply = client_app.train(_message(arrays), context)
+    # Assert: all ten of the node's records, cut 6/2/2
+    texts = sorted(r["completion"] for r in res.data.train + res.data.validation + res.data.test)
+    assert texts == sorted(f"alice note {i}" for i in range(10))
+    assert (len(res.data.train), len(res.data.validation), len(res.data.test)) == (6, 2, 2)
+    assert reply.content["metrics"]["num-examples"] == 6
+
+
+def test_a_node_data_path_needs_the_files_source_and_names_the_key(tmp_path):
+    own = _notes(tmp_path / "bob.jsonl", 4, "bob")
+    run = json.dumps(flatten(load_config(None, SMALL)), sort_keys=True)
+    with pytest.raises(ValueError, match=r"^node_config data-path=.* needs data.source=files"):
+        client_resources(run, 0, 2, str(own))
+    run = json.dumps(flatten(load_config(None, SMALL + ["data.source=files"])), sort_keys=True)
+    with pytest.raises(FileNotFoundError, match=r"^node_config data-path: data file not found"):
+        client_resources(run, 0, 2, str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match=r"^data.path is empty .* --node-config .*data-path="):
+        client_resources(run, 0, 2)  # node-local data, but this node names no file
+
+
+def test_a_node_config_sets_the_clientapps_torch_threads():
+    # Prepare: a node that asks for 1 thread, in a process that has more
+    _, context, arrays = _setup(SMALL)
+    torch.set_num_threads(2)
+    context.node_config["torch-threads"] = 1
+    try:
+        # Execute: the ClientApp's lifespan, as Flower enters it around every message
+        with client_app.app._lifespan(context):
+            inside = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(1)
+    # Assert
+    assert inside == 1

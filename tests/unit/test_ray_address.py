@@ -4,6 +4,7 @@ import pytest
 
 from fedprivacy.config import ConfigError, load_config
 from fedprivacy.simulations.runner import check_ray_cluster, free_port
+from fedprivacy.simulations.sweep import load_sweep, run_sweep, task_cpus
 
 pytestmark = pytest.mark.unit
 
@@ -34,3 +35,24 @@ def test_an_address_where_no_cluster_answers_is_named():
                                           rf"at 127.0.0.1:{port}"):
         check_ray_cluster(f"127.0.0.1:{port}")
     check_ray_cluster("")  # a private Ray: nothing to reach
+
+
+def test_a_sweep_on_an_unreachable_cluster_is_refused_naming_the_flag(tmp_path):
+    # Prepare: a sweep file of the default config, and a port no cluster listens on
+    (tmp_path / "sweep.yaml").write_text("base: base.yaml\n")
+    (tmp_path / "base.yaml").write_text("rounds: 1\n")
+    port = free_port()
+    # Execute / Assert: refused before any run starts, no run folder made
+    with pytest.raises(ConfigError, match=rf"^--ray: no Ray cluster answers at 127.0.0.1:{port}"):
+        run_sweep(load_sweep(tmp_path / "sweep.yaml"), tmp_path / "out", False, 0,
+                  f"127.0.0.1:{port}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("overrides", "cpus"), [
+    ([], 1),  # a private Ray that may take all of the node: one CPU reserved
+    (["simulation.ray_cpus=3"], 3),
+    (["simulation.ray_address=auto"], 0),  # its clients reserve their own on the cluster
+])
+def test_a_sweep_task_reserves_what_its_run_takes_from_its_node(overrides, cpus):
+    assert task_cpus(load_config(None, overrides)) == cpus

@@ -101,4 +101,4 @@ def test_parallel_must_be_positive(tmp_path, capsys):
     code = main(["sweep", str(lr_sweep(tmp_path, [0.01])), "--out", str(tmp_path / "o"),
                  "--parallel", "0"])
     assert code == 2
-    assert "--parallel: must be >= 1 (got 0)" in capsys.readouterr().out
+    assert "--parallel: must be >= 1, or 0 with --ray (got 0)" in capsys.readouterr().out
