@@ -42,6 +42,7 @@ bench: $(STAMP)          ## every benchmark; each appends its figures to BENCHMA
 	$(BIN)/python bench/bench_aggregation.py --write
 	$(BIN)/python bench/bench_dp.py --write
 	$(BIN)/python bench/bench_client_import.py --write
+	$(BIN)/python bench/bench_deployment.py --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

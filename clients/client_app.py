@@ -48,6 +48,8 @@ def train(msg: Message, context: Context) -> Message:
     if job.partition_id in job.cfg.client.fail_partitions:
         raise RuntimeError(f"injected failure on partition {job.partition_id} "
                            "(client.fail_partitions)")
+    # the received global model, before any local step changes it
+    evaluation = _evaluation(job, msg) if job.config.get(wire.EVALUATE_FIRST, False) else None
     with deadline(job.config.get(wire.DEADLINE), _step_delay(job)):
         metrics = run_pipeline(job)
     if job.keeps_own_model:
@@ -60,8 +62,10 @@ def train(msg: Message, context: Context) -> Message:
                     wire.BYTES_DOWN: adapters.num_bytes(msg.content[wire.ARRAYS]),
                     wire.BYTES_UP: adapters.num_bytes(arrays),
                     wire.SECONDS: time.perf_counter() - started})
-    return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)}),
-                   reply_to=msg)
+    content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)})
+    if evaluation is not None:
+        content[wire.EVALUATION] = MetricRecord(evaluation)
+    return Message(content, reply_to=msg)
 
 
 def _step_delay(job: ClientJob) -> float:
@@ -72,14 +76,19 @@ def _step_delay(job: ClientJob) -> float:
     return c.slow_step_seconds if slow else 0.0
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    job = ClientJob.from_message(msg, context)
+def _evaluation(job: ClientJob, msg: Message) -> dict:
+    """The metrics of an evaluate reply: the job's model on this client's validation split."""
     metrics = evaluate_job(job)
     metrics.update({wire.NUM_EXAMPLES: len(job.res.data.validation),
                     wire.PARTITION_ID: job.partition_id,
                     wire.BYTES_DOWN: adapters.num_bytes(msg.content[wire.ARRAYS])})
-    return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return metrics
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    job = ClientJob.from_message(msg, context)
+    return Message(RecordDict({wire.METRICS: MetricRecord(_evaluation(job, msg))}), reply_to=msg)
 
 
 @app.query()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fedprivacy import wire
 from fedprivacy.clients.job import ClientJob
 from fedprivacy.evaluation import evaluate_loss, perplexity, task_accuracy
-from fedprivacy.privacy.ledger import canary_leakage
 
 
 def evaluate_job(job: ClientJob) -> dict[str, float]:
@@ -18,6 +17,9 @@ def evaluate_job(job: ClientJob) -> dict[str, float]:
         metrics["accuracy"] = task_accuracy(job.model, job.res.tokenizer, task,
                                             job.res.data.validation, cfg.train.eval_batch_size)
     if cfg.evaluation.privacy and job.res.data.canaries:
+        # here, not at the top: scipy's import is seconds of every deployment ClientApp start
+        from fedprivacy.privacy.ledger import canary_leakage
+
         leak = canary_leakage(job.model, job.res.tokenizer, job.res.data.canaries,
                               cfg.evaluation.exposure, cfg.evaluation.exposure_samples, cfg.seed,
                               cfg.evaluation.exposure_max_candidates)

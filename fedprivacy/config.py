@@ -91,6 +91,10 @@ class StrategyConfig:
     # seconds a round stage waits for min_clients connected nodes before it goes on with the
     # nodes it has (a dead SuperNode costs at most this, never forever)
     node_wait: float = 120.0
+    # clients evaluate the received global model inside the train message, before training,
+    # instead of in a separate evaluate message: one ClientApp start per round instead of two
+    # in a deployment; the clients' eval metrics of round r are then of round r-1's model
+    evaluate_with_train: bool = False
 
 
 @dataclass

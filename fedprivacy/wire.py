@@ -21,6 +21,10 @@ BYTES_UP = "bytes_up"  # train-reply metric: array bytes the reply carries (clie
 SERVER_ROUND = "server-round"  # message config: the round (FedAvg writes it)
 NUM_ROUNDS = "num-rounds"  # message config: the run's planned rounds
 DEADLINE = "deadline"  # message config: wall-clock time (UNIX s) the client must reply by
+# train config: evaluate the received global model first, in the same message (one ClientApp
+# start per round in a deployment); the train reply then carries its EVALUATION MetricRecord
+EVALUATE_FIRST = "evaluate-first"
+EVALUATION = "evaluation"
 
 CLIENT_SCORES = "client-scores"  # train config: also score the client's own model after training
 SCORE = "val_score"  # reply metric: the client model's validation score (higher is better)

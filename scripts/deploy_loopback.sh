@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="$PWD/.venv/bin"
+export PATH="$BIN:$PATH"  # the SuperLink and SuperNodes start flower-superexec by name
 WORK="${1:-/tmp/fedprivacy-deploy}"
 PORT=9092
 mkdir -p "$WORK"
@@ -35,7 +36,10 @@ default = "deploy"
 address = "127.0.0.1:$PORT"
 root-certificates = "$CA"
 TOML
-until curl -sf --cacert "$CA" "https://127.0.0.1:$PORT/health" > /dev/null; do sleep 1; done
+until curl -sf --cacert "$CA" "https://127.0.0.1:$PORT/health" > /dev/null; do
+  kill -0 "${PIDS[0]}" 2>/dev/null || { echo "the SuperLink exited: $WORK/superlink.log"; exit 1; }
+  sleep 1
+done
 for i in 1 2; do "$BIN/flwr" supernode register "$WORK/creds/keys/supernode-$i.pub"; done
 
 # 4. each SuperNode with its own private file, named in its node config

@@ -71,15 +71,22 @@ class GuardedStrategy(StrategyWrapper):
     ``min_clients`` valid replies, else the global model (or the round's client metrics) stays
     as it was: a dead node costs a bounded wait, never a run that hangs. The wrapped strategy
     must not wait for nodes itself (FedAvg: ``min_available_nodes=1``).
+
+    With ``evaluate_with_train`` the train messages ask the clients to evaluate the received
+    model first (``wire.EVALUATE_FIRST``); the evaluations ride on the train replies
+    (``wire.EVALUATION``) and are the evaluate stage's replies, which sends nothing itself.
     """
 
     def __init__(self, inner: Strategy, weight_key: str = wire.NUM_EXAMPLES,
                  round_offset: int = 0, query_timeout: float = 60.0,
                  round_timeout: float | None = None, min_clients: int = 1,
-                 node_wait: float = 120.0) -> None:
+                 node_wait: float = 120.0, evaluate_with_train: bool = False) -> None:
         super().__init__(inner)
         self.weight_key = weight_key
         self.min_clients, self.node_wait = min_clients, node_wait
+        self.evaluate_with_train = evaluate_with_train
+        self._evaluations: list[Message] = []  # evaluate replies that came with train replies
+        self._seen: set[int] = set()  # nodes connected at some round of this run
         self.query_timeout = query_timeout
         self.round_timeout = round_timeout
         self.round_offset = round_offset
@@ -106,11 +113,22 @@ class GuardedStrategy(StrategyWrapper):
         self._learn_partitions(grid, nodes)
         self._sent = list(self.inner.configure_train(server_round + self.round_offset, arrays,
                                                      config, grid)) if nodes else []
+        self._note_gone(entry, grid, nodes)
         if self.round_timeout is not None:  # the clients stop their local work then
             ends = time.time() + self.round_timeout
             for msg in self._sent:
                 msg.content[wire.CONFIG][wire.DEADLINE] = ends
+        for msg in self._sent if self.evaluate_with_train else []:
+            msg.content[wire.CONFIG][wire.EVALUATE_FIRST] = True
         return self._sent
+
+    def _note_gone(self, entry: RoundLog, grid: Grid, nodes: list[int]) -> None:
+        """Record the nodes seen earlier in the run that are no longer connected (a dead
+        SuperNode Flower has dropped), by partition, once per round they miss."""
+        connected = set(grid.get_node_ids())
+        for node in sorted(self._seen - connected):
+            self._drop(entry, "train", node, "not connected (it was earlier in the run)")
+        self._seen |= set(nodes) & connected
 
     def _wait_for_nodes(self, entry: RoundLog, stage: str, grid: Grid) -> list[int]:
         """The connected nodes, once ``min_clients`` are or ``node_wait`` seconds have passed
@@ -145,7 +163,10 @@ class GuardedStrategy(StrategyWrapper):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         entry = self.round_log(server_round)
         entry.durations["train_s"] = time.time() - entry.started
-        valid = self._keep_valid(entry, list(replies), "train", self._spec)
+        replies = list(replies)
+        if self.evaluate_with_train:
+            self._evaluations = self._split_evaluations(replies)
+        valid = self._keep_valid(entry, replies, "train", self._spec)
         if not self._enough(entry, "train", valid):
             log(WARNING, "round %d: the global model is unchanged", entry.round)
             return None, None
@@ -153,11 +174,28 @@ class GuardedStrategy(StrategyWrapper):
         entry.extra["train"] = dict(metrics or {})
         return arrays, metrics
 
+    def _split_evaluations(self, replies: list[Message]) -> list[Message]:
+        """Take the evaluation off each train reply that carries one, as an evaluate reply to
+        the same instruction (so the train replies keep the one MetricRecord they must)."""
+        sent = {m.metadata.message_id: m for m in self._sent}
+        out = []
+        for msg in replies:
+            if msg.has_error() or wire.EVALUATION not in msg.content:
+                continue
+            record = msg.content[wire.EVALUATION]
+            del msg.content[wire.EVALUATION]
+            instruction = sent.get(msg.metadata.reply_to_message_id)
+            if instruction is not None:
+                out.append(Message(RecordDict({wire.METRICS: record}), reply_to=instruction))
+        return out
+
     # --- evaluate -----------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         entry = self.round_log(server_round)
         entry.extra["evaluate_started"] = time.time()
+        if self.evaluate_with_train:  # the train replies brought the evaluations
+            return []
         nodes = self._wait_for_nodes(entry, "evaluate", grid)
         self._sent = list(self.inner.configure_evaluate(server_round + self.round_offset, arrays,
                                                         config, grid)) if nodes else []
@@ -168,6 +206,8 @@ class GuardedStrategy(StrategyWrapper):
         entry = self.round_log(server_round)
         started = entry.extra.pop("evaluate_started", time.time())
         entry.durations["evaluate_s"] = time.time() - started
+        if self.evaluate_with_train:  # checked against the train instructions (self._sent)
+            replies, self._evaluations = self._evaluations, []
         valid = self._keep_valid(entry, list(replies), "evaluate", None)
         if not self._enough(entry, "evaluate", valid):
             return None

@@ -9,13 +9,15 @@ builds or reads a client's data: its central evaluation uses the server's own se
 from __future__ import annotations
 
 import copy
+import logging
 import time
+import traceback
 from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-from flwr.common.logger import log
+from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid, ServerApp
 from transformers import PreTrainedModel
 
@@ -81,7 +83,8 @@ class ServerRun:
                                         query_timeout=cfg.strategy.round_timeout,
                                         round_timeout=cfg.strategy.round_timeout,
                                         min_clients=cfg.strategy.min_clients,
-                                        node_wait=cfg.strategy.node_wait)
+                                        node_wait=cfg.strategy.node_wait,
+                                        evaluate_with_train=cfg.strategy.evaluate_with_train)
         remaining = cfg.rounds - done
         if remaining > 0:
             result = self.strategy.start(
@@ -165,7 +168,23 @@ class ServerRun:
         return summary
 
 
+SERVER_LOG = "server.log"  # the ServerApp's own log in the run folder
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """The run; Flower's log lines of this process also go to ``<run>/server.log`` (in a
+    deployment the run folder's only log: the SuperLink's output stays with the SuperLink)."""
     cfg = unflatten(dict(context.run_config))
-    ServerRun(cfg, grid).run()
+    run = ServerRun(cfg, grid)
+    handler = logging.FileHandler(run.folder.path / SERVER_LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+    FLOWER_LOGGER.addHandler(handler)
+    try:
+        run.run()
+    except Exception:  # the traceback, also in the run folder (Flower logs it to its own)
+        handler.stream.write(traceback.format_exc())
+        raise
+    finally:
+        FLOWER_LOGGER.removeHandler(handler)
+        handler.close()

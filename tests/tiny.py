@@ -47,3 +47,28 @@ def lr_sweep(tmp_path, lrs: list[float]):
     path = tmp_path / "sweep.yaml"
     path.write_text(f"base: base.yaml\nname: t\nruns:\n{runs}metrics: [final.eval_loss]\n")
     return path
+
+
+class FakeGrid:
+    """A Grid (no Flower runtime) where the nodes in ``alive`` are connected; each answers
+    the partition query with its partition id (node id − 10)."""
+
+    def __init__(self, alive: list[int]) -> None:
+        self.alive = alive
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.alive)
+
+    def send_and_receive(self, messages, timeout=None):
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        from fedprivacy import wire
+
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"q{msg.metadata.dst_node_id}"
+            task = ConfigRecord({wire.PARTITION_ID: msg.metadata.dst_node_id - 10})
+            reply = Message(RecordDict({wire.TASK: task}), reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+            replies.append(reply)
+        return replies

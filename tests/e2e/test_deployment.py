@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fedprivacy.config import load_config
@@ -35,16 +37,20 @@ class Deployment:
     env: dict[str, str]  # FLWR_HOME with the connection, the processes' token
     files: list[Path]  # node i's own data file
     logs: Path
+    nodes: dict[int, subprocess.Popen] = field(default_factory=dict)  # the running SuperNodes
 
     def supernode(self, i: int, key: Path) -> subprocess.Popen:
-        """Start SuperNode ``i`` (partition i - 1 of 2, its own file) with ``key``."""
+        """Start SuperNode ``i`` (partition i - 1 of 2, its own file) with ``key``; its log
+        is the process's ``log_path``."""
         config = f'partition-id={i - 1} num-partitions=2 data-path="{self.files[i - 1]}"'
-        log = (self.logs / f"supernode-{i}-{uuid.uuid4().hex[:6]}.log").open("wb")
-        return subprocess.Popen(
+        path = self.logs / f"supernode-{i}-{uuid.uuid4().hex[:6]}.log"
+        proc = subprocess.Popen(
             [BIN / "flower-supernode", "--root-certificates", self.creds.ca_cert,
              "--auth-supernode-private-key", key, "--superlink", self.address,
              "--port", str(free_port()), "--node-config", config],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            env=self.env, stdout=path.open("wb"), stderr=subprocess.STDOUT)
+        proc.log_path = path
+        return proc
 
     def online(self) -> int:
         out = subprocess.run([BIN / "flwr", "supernode", "list", "--format", "json"],
@@ -71,7 +77,8 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "{address}"\n'
         f'root-certificates = "{creds.ca_cert}"\n')
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-           RUN_TOKEN: token}
+           RUN_TOKEN: token,  # Flower starts flower-superexec by name: this environment's
+           "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
     files = [_notes(root / "alice.jsonl", "alice"), _notes(root / "bob.jsonl", "bob", 12)]
     dep = Deployment(address, creds, env, files, root)
     try:
@@ -84,7 +91,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         _until(lambda: _registers(dep, creds.node_keys[0]), 90, "the SuperLink to answer")
         _registers(dep, creds.node_keys[1])
         for i in (1, 2):
-            dep.supernode(i, creds.node_keys[i - 1])
+            dep.nodes[i] = dep.supernode(i, creds.node_keys[i - 1])
         _until(lambda: dep.online() == 2, 120, "two SuperNodes online")
         yield dep
     finally:
@@ -136,6 +143,7 @@ def test_a_deployment_run_gives_the_simulation_of_the_same_config(deployment, tm
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     examples = {c: m["train.num-examples"] for c, m in rounds[-1]["clients"].items()}
     assert examples == {"0": 6.0, "1": 8.0}  # 10 and 12 notes cut 6:2:2 (6, 2, 2 and 8, 2, 2)
+    assert "[fedprivacy] run finished" in (out / "server.log").read_text()  # its own log
 
 
 def test_a_run_whose_serverapp_fails_exits_non_zero(deployment, capsys):
@@ -147,3 +155,39 @@ def test_a_run_whose_serverapp_fails_exits_non_zero(deployment, capsys):
     assert code == 1
     said = capsys.readouterr().out
     assert "finished:failed" in said and "fedprivacy-cannot-write" in said
+
+
+def test_a_supernode_killed_in_round_1_costs_a_bounded_wait_and_the_run_finishes(deployment,
+                                                                                  tmp_path):
+    # Prepare: 3 rounds that go on with one node; a short bound on waiting for nodes
+    out = tmp_path / "killed"
+    timeout = 60
+    overrides = [o for o in RUN if not o.startswith(("rounds=", "strategy.min_clients="))]
+    overrides += ["rounds=3", "strategy.min_clients=1", "strategy.node_wait=15",
+                  f"strategy.round_timeout={timeout}"]
+    codes: list[int] = []
+    started = time.time()
+    submit = threading.Thread(target=lambda: codes.append(main([
+        "submit", *overrides, "--superlink", deployment.address, "--root-certificates",
+        str(deployment.creds.ca_cert), "--out", str(out)])))
+    submit.start()
+    # Execute: once SuperNode 2 has its round-1 train message, kill it and all below it
+    log = deployment.nodes[2].log_path
+    seen = log.stat().st_size
+    _until(lambda: "Receiving: train message" in log.read_text()[seen:], 300,
+           "SuperNode 2's train message")
+    node = psutil.Process(deployment.nodes[2].pid)
+    for proc in [*node.children(recursive=True), node]:
+        proc.kill()
+    submit.join(timeout=3 * (timeout + 15) + 300)
+    elapsed = time.time() - started
+    # Assert: the run finished all rounds with partition 0; every round from 1 on records
+    # partition 1 as lost, by name (no reply, or no longer connected); bounded time
+    assert codes == [0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for rnd in rounds[1:]:
+        assert {d["client"] for d in rnd["dropped"]} == {"partition 1"}, rnd["dropped"]
+        assert set(rnd["clients"]) == {"0"}
+    assert elapsed < 3 * (timeout + 15) + 300

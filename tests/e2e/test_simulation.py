@@ -121,3 +121,25 @@ def test_every_drop_names_the_partition(run_dir):
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     dropped = [d for r in rounds for d in r.get("dropped", [])]
     assert dropped and {d["client"] for d in dropped} == {"partition 2"}
+
+
+def _rounds(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_evaluating_inside_the_train_message_shifts_the_client_evaluation_by_one_round(
+        run_dir, tmp_path):
+    # Prepare: the module's run again, evaluating in the train messages
+    cfg = load_config(None, FAST + [f"out_dir={tmp_path}", "client.fail_partitions=[2]",
+                                    "strategy.evaluate_with_train=true"])
+    # Execute
+    run_experiment(cfg, progress=False)
+    # Assert: the same training; round r's client evaluation is now of round r-1's model,
+    # which the separate evaluate message of round r-1 measured
+    combined, separate = _rounds(tmp_path), _rounds(run_dir)
+    assert combined[-1]["server"]["eval_loss"] == pytest.approx(
+        separate[-1]["server"]["eval_loss"], rel=1e-6)
+    for client in ("0", "1"):
+        assert combined[2]["clients"][client]["evaluate.eval_loss"] == pytest.approx(
+            separate[1]["clients"][client]["evaluate.eval_loss"], rel=1e-6)
+    assert combined[2]["evaluate"]["eval_loss"] > 0

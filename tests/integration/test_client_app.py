@@ -244,3 +244,14 @@ def test_a_node_config_sets_the_clientapps_torch_threads():
         torch.set_num_threads(1)
     # Assert
     assert inside == 1
+
+
+def test_evaluate_first_puts_the_received_models_evaluation_on_the_train_reply():
+    # Prepare
+    _, context, arrays = _setup(SMALL)
+    # Execute: one train message that asks for the evaluation first, one evaluate message
+    reply = client_app.train(_message(arrays, **{"evaluate-first": True}), context)
+    alone = client_app.evaluate(_message(arrays, MessageType.EVALUATE), context)
+    # Assert: the train reply carries exactly what the evaluate reply says about that model
+    assert dict(reply.content["evaluation"]) == pytest.approx(dict(alone.content["metrics"]))
+    assert "evaluation" not in client_app.train(_message(arrays), context).content

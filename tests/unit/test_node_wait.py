@@ -17,36 +17,15 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedprivacy import wire
 from fedprivacy.config import load_config
 from fedprivacy.strategies.factory import fedavg_arguments
 from fedprivacy.strategies.guarded import GuardedStrategy
+from tests.tiny import FakeGrid
 
 pytestmark = pytest.mark.unit
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 GLOBAL = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
-
-
-class OneNodeLeft:
-    """A Grid where only the nodes in ``alive`` are connected; each answers the partition
-    query with its partition id (node id − 10)."""
-
-    def __init__(self, alive: list[int]) -> None:
-        self.alive = alive
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.alive)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = f"q{msg.metadata.dst_node_id}"
-            task = ConfigRecord({wire.PARTITION_ID: msg.metadata.dst_node_id - 10})
-            reply = Message(RecordDict({wire.TASK: task}), reply_to=msg)
-            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
-            replies.append(reply)
-        return replies
 
 
 def _guard(min_clients: int, node_wait: float) -> GuardedStrategy:
@@ -56,7 +35,7 @@ def _guard(min_clients: int, node_wait: float) -> GuardedStrategy:
 
 def test_a_missing_node_costs_the_bounded_wait_and_the_round_goes_on():
     # Prepare: min_clients 2, but one of the two nodes is dead
-    guard, grid = _guard(min_clients=2, node_wait=0.5), OneNodeLeft([11])
+    guard, grid = _guard(min_clients=2, node_wait=0.5), FakeGrid([11])
     # Execute
     started = time.time()
     train = list(guard.configure_train(1, GLOBAL, ConfigRecord(), grid))
@@ -70,7 +49,7 @@ def test_a_missing_node_costs_the_bounded_wait_and_the_round_goes_on():
 
 
 def test_enough_nodes_cost_no_wait():
-    guard, grid = _guard(min_clients=1, node_wait=30.0), OneNodeLeft([11])
+    guard, grid = _guard(min_clients=1, node_wait=30.0), FakeGrid([11])
     started = time.time()
     assert len(list(guard.configure_train(1, GLOBAL, ConfigRecord(), grid))) == 1
     assert time.time() - started < 5.0 and "nodes_short" not in guard.round_log(1).extra
@@ -78,7 +57,7 @@ def test_enough_nodes_cost_no_wait():
 
 def test_no_node_at_all_skips_the_stage_instead_of_waiting_forever():
     guard = _guard(min_clients=1, node_wait=0.2)
-    assert list(guard.configure_train(1, GLOBAL, ConfigRecord(), OneNodeLeft([]))) == []
+    assert list(guard.configure_train(1, GLOBAL, ConfigRecord(), FakeGrid([]))) == []
     arrays, metrics = guard.aggregate_train(1, [])
     assert arrays is None and metrics is None
 
@@ -102,3 +81,17 @@ def test_an_aggregate_needs_min_clients_valid_replies(min_clients, aggregated):
     # Assert
     assert (arrays is not None) == aggregated
     assert ("not_aggregated" in guard.round_log(1).extra) == (not aggregated)
+
+
+def test_a_node_that_disappears_is_recorded_by_its_partition_every_round_it_misses():
+    # Prepare: two nodes in round 1; then node 12 (partition 2) is gone
+    guard, grid = _guard(min_clients=1, node_wait=0.1), FakeGrid([11, 12])
+    list(guard.configure_train(1, GLOBAL, ConfigRecord(), grid))
+    grid.alive = [11]
+    # Execute
+    for rnd in (2, 3):
+        list(guard.configure_train(rnd, GLOBAL, ConfigRecord(), grid))
+    # Assert
+    assert guard.round_log(1).dropped == []
+    for rnd in (2, 3):
+        assert [d["client"] for d in guard.round_log(rnd).dropped] == ["partition 2"]
