@@ -18,7 +18,7 @@ from fedprivacy.simulations.runner import run_experiment
 pytestmark = pytest.mark.e2e
 
 FAST = ["train.steps=5", "data.train_per_client=16", "data.val_per_client=8",
-        "simulation.num_clients=3", "strategy.min_clients=3", "rounds=2"]
+        "simulation.num_clients=3", "strategy.min_clients=2", "rounds=2"]  # 1 may fail
 
 
 MARK = f"fedprivacy-e2e-{uuid.uuid4().hex}"
@@ -136,9 +136,11 @@ def test_evaluating_inside_the_train_message_shifts_the_client_evaluation_by_one
     run_experiment(cfg, progress=False)
     # Assert: the same training; round r's client evaluation is now of round r-1's model,
     # which the separate evaluate message of round r-1 measured
-    combined, separate = _rounds(tmp_path), _rounds(run_dir)
-    assert combined[-1]["server"]["eval_loss"] == pytest.approx(
-        separate[-1]["server"]["eval_loss"], rel=1e-6)
+    # (by round number: the resume test may have added rounds to the module's run)
+    combined, separate = _rounds(tmp_path), {r["round"]: r for r in _rounds(run_dir)}
+    assert combined[2]["server"]["eval_loss"] < combined[0]["server"]["eval_loss"]  # trained
+    assert combined[2]["server"]["eval_loss"] == pytest.approx(
+        separate[2]["server"]["eval_loss"], rel=1e-6)
     for client in ("0", "1"):
         assert combined[2]["clients"][client]["evaluate.eval_loss"] == pytest.approx(
             separate[1]["clients"][client]["evaluate.eval_loss"], rel=1e-6)
