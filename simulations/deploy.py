@@ -63,8 +63,8 @@ def connection_toml(superlink: str, root_certificates: str | None, insecure: boo
 
 def run_status(env: dict[str, str], run_id: int) -> tuple[str, str]:
     """(status, details) of run ``run_id`` as the SuperLink reports it."""
-    out = subprocess.run([console_script("flwr"), "list", "--run-id", str(run_id), "--format", "json"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([console_script("flwr"), "list", "--run-id", str(run_id), "--format",
+                          "json"], env=env, capture_output=True, text=True, timeout=120)
     try:
         run = json.loads(out.stdout)["runs"][0]
     except (ValueError, KeyError, IndexError):
@@ -89,9 +89,9 @@ def submit_run(cfg: ExperimentConfig, superlink: str, root_certificates: str | N
         env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
         tail: deque[str] = deque(maxlen=5000)
         run_id = None
-        with subprocess.Popen([console_script("flwr"), "run", str(app), CONNECTION, "--stream"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace") as proc:
+        with subprocess.Popen([console_script("flwr"), "run", str(app), CONNECTION, "--stream"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace") as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 if echo:

@@ -150,8 +150,8 @@ def simulation_superlink(log_path: Path, lock_fd: int | None = None, ray_address
         proc: subprocess.Popen | None = None
         try:
             proc = subprocess.Popen(
-                [console_script("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
-                 "--port", str(port), "--isolation", "subprocess",
+                [console_script("flower-superlink"), "--insecure", "--simulation", "--host",
+                 "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
                  "--disable-runtime-dependency-installation"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             with sigterm_as_interrupt():

@@ -65,13 +65,18 @@ def test_no_node_at_all_skips_the_stage_instead_of_waiting_forever():
     assert arrays is None and metrics is None
 
 
-def _train_reply(node: int) -> Message:
-    ins = Message(RecordDict({"arrays": GLOBAL, "config": ConfigRecord()}), dst_node_id=node,
+def _instruction(node: int) -> Message:
+    msg = Message(RecordDict({wire.CONFIG: ConfigRecord()}), dst_node_id=node,
                   message_type=MessageType.TRAIN)
-    ins.metadata.__dict__["_message_id"] = f"m{node}"
+    msg.metadata.__dict__["_message_id"] = f"m{node}"
+    return msg
+
+
+
+def _train_reply(node: int) -> Message:
     return Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(3, np.float32))}),
                                "metrics": MetricRecord({"num-examples": 4, "train_loss": 1.0})}),
-                   reply_to=ins)
+                   reply_to=_instruction(node))
 
 
 @pytest.mark.parametrize(("min_clients", "aggregated"), [(1, True), (2, False)])
@@ -98,13 +103,6 @@ def test_a_node_that_disappears_is_recorded_by_its_partition_every_round_it_miss
     assert guard.round_log(1).dropped == []
     for rnd in (2, 3):
         assert [d["client"] for d in guard.round_log(rnd).dropped] == ["partition 2"]
-
-
-def _instruction(node: int) -> Message:
-    msg = Message(RecordDict({wire.CONFIG: ConfigRecord()}), dst_node_id=node,
-                  message_type=MessageType.TRAIN)
-    msg.metadata.__dict__["_message_id"] = f"m{node}"
-    return msg
 
 
 def _reply(ins: Message, value: float, n: int, eval_loss: float) -> Message:
