@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.fedprivacy-installed
 
-.PHONY: install demo test test-fast test-e2e lint bench clean
+.PHONY: install demo test test-deployment test-fast test-e2e lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,12 @@ install: $(STAMP)       ## the environment only (.venv), e.g. on a deployment's 
 demo: $(STAMP)          ## the quickstart experiment on the embedded default
 	$(BIN)/fedprivacy run configs/quickstart.yaml
 
-test: $(STAMP)          ## lint, then the whole suite: unit, integration, end to end
+test: $(STAMP)          ## lint, then the suite: unit, integration, end to end (~25 min)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not deployment"
+
+test-deployment: $(STAMP)  ## the real-SuperLink tier: TLS, auth, dead nodes (~8 min; CI runs it)
+	$(BIN)/python -m pytest -m deployment
 
 test-fast: $(STAMP)     ## the fast tier: unit tests (~30 s)
 	$(BIN)/python -m pytest -m unit -q

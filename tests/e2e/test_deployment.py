@@ -157,13 +157,13 @@ def test_a_run_whose_serverapp_fails_exits_non_zero(deployment, capsys):
     assert "finished:failed" in said and "fedprivacy-cannot-write" in said
 
 
-def test_a_supernode_killed_in_round_1_costs_a_bounded_wait_and_the_run_finishes(deployment,
-                                                                                  tmp_path):
-    # Prepare: 3 rounds that go on with one node; a short bound on waiting for nodes
+def test_a_supernode_killed_in_round_1_costs_a_bounded_wait_and_rejoins_when_restarted(
+        deployment, tmp_path):
+    # Prepare: 4 rounds that go on with one node; a short bound on waiting for nodes
     out = tmp_path / "killed"
     timeout = 60
     overrides = [o for o in RUN if not o.startswith(("rounds=", "strategy.min_clients="))]
-    overrides += ["rounds=3", "strategy.min_clients=1", "strategy.node_wait=15",
+    overrides += ["rounds=4", "strategy.min_clients=1", "strategy.node_wait=15",
                   f"strategy.round_timeout={timeout}"]
     codes: list[int] = []
     started = time.time()
@@ -171,7 +171,8 @@ def test_a_supernode_killed_in_round_1_costs_a_bounded_wait_and_the_run_finishes
         "submit", *overrides, "--superlink", deployment.address, "--root-certificates",
         str(deployment.creds.ca_cert), "--out", str(out)])))
     submit.start()
-    # Execute: once SuperNode 2 has its round-1 train message, kill it and all below it
+    # Execute: once SuperNode 2 has its round-1 train message, kill it and all below it;
+    # once round 2 has finished without it, start it again with its key and data
     log = deployment.nodes[2].log_path
     seen = log.stat().st_size
     _until(lambda: "Receiving: train message" in log.read_text()[seen:], 300,
@@ -179,15 +180,20 @@ def test_a_supernode_killed_in_round_1_costs_a_bounded_wait_and_the_run_finishes
     node = psutil.Process(deployment.nodes[2].pid)
     for proc in [*node.children(recursive=True), node]:
         proc.kill()
-    submit.join(timeout=3 * (timeout + 15) + 300)
+    metrics = out / "metrics.jsonl"
+    _until(lambda: len(metrics.read_text().splitlines()) >= 3, 2 * (timeout + 15) + 120,
+           "rounds 1 and 2 without SuperNode 2")  # round 0 (the initial model), 1, 2
+    deployment.nodes[2] = deployment.supernode(2, deployment.creds.node_keys[1])
+    submit.join(timeout=4 * (timeout + 15) + 300)
     elapsed = time.time() - started
-    # Assert: the run finished all rounds with partition 0; every round from 1 on records
-    # partition 1 as lost, by name (no reply, or no longer connected); bounded time
+    # Assert: the run finished all rounds; rounds 1 and 2 record partition 1 as lost, by name
+    # (no reply, or no longer connected); the restarted node is back by the last round
     assert codes == [0]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds"] == 3
-    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    for rnd in rounds[1:]:
+    assert summary["rounds"] == 4
+    rounds = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for rnd in rounds[1:3]:
         assert {d["client"] for d in rnd["dropped"]} == {"partition 1"}, rnd["dropped"]
         assert set(rnd["clients"]) == {"0"}
-    assert elapsed < 3 * (timeout + 15) + 300
+    assert set(rounds[-1]["clients"]) == {"0", "1"} and not rounds[-1]["dropped"]
+    assert elapsed < 4 * (timeout + 15) + 300
