@@ -22,7 +22,8 @@ def evaluate_job(job: ClientJob) -> dict[str, float]:
 
         leak = canary_leakage(job.model, job.res.tokenizer, job.res.data.canaries,
                               cfg.evaluation.exposure, cfg.evaluation.exposure_samples, cfg.seed,
-                              cfg.evaluation.exposure_max_candidates)
+                              cfg.evaluation.exposure_max_candidates,
+                              job.res.data.heldout_canaries)
         metrics.update({f"privacy.{k}": v for k, v in leak.items()})
     return metrics
 

@@ -146,7 +146,8 @@ ADAPTERS = ("none", "lora")  # fedprivacy.adapters
 class EvaluationConfig:
     privacy: bool = False  # clients report canary exposure / extraction of the global model
     # auto: exact enumeration when the secret space has at most exposure_max_candidates
-    # strings, else the digit-wise approximation; or force exact | extrapolated | digitwise
+    # strings, else the skew-normal estimate; or force exact | extrapolated | digitwise (DEPN's
+    # digit-wise figure and the membership attack's AUC are reported beside it in any case)
     exposure: str = "auto"  # one of EXPOSURE_ESTIMATORS
     # exact enumeration up to this many candidate secrets; the rule: the largest |A|^n whose
     # worst case (an untrained model, nothing pruned) stays under ~10 s per canary on 2 cores
@@ -282,6 +283,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                      "partition ids must be in [0, num_clients)", pid)
     _require(cfg.client.slow_step_seconds >= 0, "client.slow_step_seconds", "must be >= 0",
              cfg.client.slow_step_seconds)
+    _require(cfg.data.canary.heldout >= 0, "data.canary.heldout", "must be >= 0",
+             cfg.data.canary.heldout)
     return cfg
 
 

@@ -8,7 +8,13 @@ from fedprivacy.data.concept_world import ConceptWorld, ConceptWorldConfig
 from fedprivacy.data.conflicts import FactsConfig, FactWorld
 from fedprivacy.data.loaders import load_records
 from fedprivacy.data.partition import SCHEMES, partition_records
-from fedprivacy.data.pii import Canary, make_canaries, pii_corpus, public_corpus
+from fedprivacy.data.pii import (
+    Canary,
+    heldout_canaries,
+    make_canaries,
+    pii_corpus,
+    public_corpus,
+)
 from fedprivacy.data.records import Record, derive_seed
 from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
 
@@ -20,6 +26,7 @@ class CanaryConfig:
     count: int = 2        # canaries per client
     repeats: int = 10     # insertions of each canary in that client's corpus
     digits: int = 6       # secret length
+    heldout: int = 20     # unseen canaries of the same format: the membership attack's non-members
 
 
 NODE_DATA_KEY = "data-path"  # a SuperNode's --node-config key that names its own data file
@@ -59,6 +66,7 @@ class ClientData:
     test: list[Record]
     task: TaskSpec | None = None
     canaries: list[Canary] = field(default_factory=list)
+    heldout_canaries: list[Canary] = field(default_factory=list)  # in no corpus (membership)
 
 
 def task_names(cfg: DataConfig) -> list[str]:
@@ -136,7 +144,9 @@ def _pii_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
     n_held_out = cfg.val_per_client + cfg.test_per_client
     public = public_corpus(cfg.pii_records + n_held_out, derive_seed(seed, "public", partition_id))
     train, held_out = private + public[n_held_out:], public[:n_held_out]
-    return ClientData(train, held_out[: cfg.val_per_client], held_out[cfg.val_per_client :], canaries=canaries)
+    unseen = heldout_canaries(cfg.canary.heldout, cfg.canary.digits, seed, partition_id, canaries)
+    return ClientData(train, held_out[: cfg.val_per_client], held_out[cfg.val_per_client :],
+                      canaries=canaries, heldout_canaries=unseen)
 
 
 def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int) -> ClientData:

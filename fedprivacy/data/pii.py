@@ -118,18 +118,44 @@ def make_canaries(count: int, digits: int, seed: int, client_id: int) -> list[Ca
     while len(secrets) < (client_id + 1) * count:
         secrets.setdefault(rng.randrange(10**digits))
     own = list(secrets)[client_id * count :]
-    template_rng = random.Random(derive_seed(seed, "canary-templates", client_id))
+    return _frame(own, digits, seed, client_id, "canary", f"client{client_id}-canary")
+
+
+def heldout_canaries(count: int, digits: int, seed: int, client_id: int,
+                     members: list[Canary]) -> list[Canary]:
+    """`count` canaries of the same format that no corpus holds: the non-members a membership
+    attack is scored against. Their own draw of templates, owners and secrets (none equal to a
+    member's secret; a collision with another client's secret has chance ~ count / 10^digits)."""
+    if count + len(members) > 10**digits:
+        raise ValueError(f"digits={digits} gives {10**digits} secrets, too few for {count} "
+                         f"held-out canaries beside {len(members)} members")
+    rng = random.Random(derive_seed(seed, "canary-heldout-secrets", digits, client_id))
+    taken = {int(c.secret) for c in members}
+    secrets: dict[int, None] = {}
+    while len(secrets) < count:
+        if (secret := rng.randrange(10**digits)) not in taken:
+            secrets.setdefault(secret)
+    return _frame(list(secrets), digits, seed, client_id, "canary-heldout",
+                  f"client{client_id}-heldout")
+
+
+def _frame(secrets: list[int], digits: int, seed: int, client_id: int, stream: str,
+           name: str) -> list[Canary]:
+    """A canary around each secret: a template (distinct while there are enough) naming a
+    faker owner, both drawn from ``stream``."""
+    count = len(secrets)
+    template_rng = random.Random(derive_seed(seed, f"{stream}-templates", client_id))
     templates = (
         template_rng.sample(CANARY_TEMPLATES, count)
         if count <= len(CANARY_TEMPLATES)
         else [template_rng.choice(CANARY_TEMPLATES) for _ in range(count)]
     )
     owners = Faker()
-    owners.seed_instance(derive_seed(seed, "canary-owners", client_id))
+    owners.seed_instance(derive_seed(seed, f"{stream}-owners", client_id))
     canaries = []
-    for k, (template, secret) in enumerate(zip(templates, own)):
+    for k, (template, secret) in enumerate(zip(templates, secrets)):
         prefix, suffix = template.replace("{owner}", owners.name()).split("{secret}")
-        canaries.append(Canary(f"client{client_id}-canary{k}", prefix, f"{secret:0{digits}d}", suffix))
+        canaries.append(Canary(f"{name}{k}", prefix, f"{secret:0{digits}d}", suffix))
     return canaries
 
 

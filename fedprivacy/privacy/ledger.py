@@ -20,6 +20,7 @@ from fedprivacy.privacy.exposure import (
     exposure_extrapolated,
     extraction_rate,
 )
+from fedprivacy.privacy.membership import membership_auc
 
 EXPOSURE_METHODS = ("auto", "exact", "extrapolated", "digitwise")
 
@@ -28,8 +29,9 @@ def exposure_method(method: str, alphabet_size: int, digits: int, max_candidates
     """The estimator ``evaluation.exposure`` names for a secret space of alphabet_size^digits.
 
     ``auto`` enumerates the space exactly when it holds at most ``max_candidates`` strings
-    (``evaluation.exposure_max_candidates``) and falls back to the digit-wise approximation,
-    which can under-report by many bits, only for longer secrets.
+    (``evaluation.exposure_max_candidates``), else takes Carlini et al.'s skew-normal estimate
+    over the whole space (the digit-wise approximation, which can under-report by many bits,
+    is reported beside it in any case).
     """
     if method not in EXPOSURE_METHODS:
         raise ValueError(f"evaluation.exposure: unknown method {method!r}; "
@@ -38,7 +40,7 @@ def exposure_method(method: str, alphabet_size: int, digits: int, max_candidates
         raise ValueError(f"evaluation.exposure_max_candidates: must be >= 1 (got {max_candidates})")
     if method != "auto":
         return method
-    return "exact" if alphabet_size**digits <= max_candidates else "digitwise"
+    return "exact" if alphabet_size**digits <= max_candidates else "extrapolated"
 
 
 def canary_token_ids(tokenizer: PreTrainedTokenizerBase, canary: Canary
@@ -58,8 +60,11 @@ def canary_token_ids(tokenizer: PreTrainedTokenizerBase, canary: Canary
 def canary_leakage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    canaries: Sequence[Canary], method: str = "auto",
                    num_samples: int = 2000, seed: int = 0,
-                   max_candidates: int = 1_000_000) -> dict[str, float | list[float]]:
-    """Exposure of each canary (Carlini et al. 2019), its mean, and the greedy extraction rate.
+                   max_candidates: int = 1_000_000,
+                   nonmembers: Sequence[Canary] = ()) -> dict[str, float | list[float]]:
+    """Exposure of each canary (Carlini et al. 2019), its mean, DEPN's digit-wise exposure
+    (``exposure_digitwise``, the paper's measure), the greedy extraction rate and, given
+    ``nonmembers`` (unseen canaries of the same format), the loss attack's ``mia_auc``.
 
     ``method`` (`exposure_method`): ``auto``, ``exact`` (rank among all 10^n candidates),
     ``extrapolated`` (skew-normal fit on ``num_samples`` sampled candidates) or ``digitwise``
@@ -77,7 +82,14 @@ def canary_leakage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         exposure = exposure_extrapolated(model, prefixes, secrets, digits, num_samples, seed)
     else:
         exposure = exposure_digitwise(model, prefixes, secrets, digits)
+    digitwise = exposure if method == "digitwise" else exposure_digitwise(model, prefixes,
+                                                                            secrets, digits)
     values = [float(e) for e in exposure]
-    return {"exposure": values, "exposure_mean": sum(values) / len(values),
-            "exposure_exact": float(method == "exact"),
-            "extraction_rate": extraction_rate(model, prefixes, secrets)}
+    out: dict[str, float | list[float]] = {
+        "exposure": values, "exposure_mean": sum(values) / len(values),
+        "exposure_exact": float(method == "exact"),
+        "exposure_digitwise": float(digitwise.mean()),
+        "extraction_rate": extraction_rate(model, prefixes, secrets)}
+    if nonmembers:
+        out["mia_auc"] = membership_auc(model, tokenizer, canaries, nonmembers)
+    return out

@@ -101,6 +101,8 @@ def test_evaluate_reports_the_privacy_ledger():
     assert 0 <= metrics["privacy.exposure_mean"] <= 4 * 3.33
     assert 0 <= metrics["privacy.extraction_rate"] <= 1
     assert metrics["privacy.exposure_exact"] == 1.0  # 10^4 secrets: enumerated
+    assert 0 <= metrics["privacy.exposure_digitwise"] <= 4 * 3.33
+    assert 0 <= metrics["privacy.mia_auc"] <= 1  # against data.canary.heldout unseen canaries
     assert metrics["eval_loss"] > 0
 
 

@@ -8,10 +8,12 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from fedprivacy import lm
-from fedprivacy.data.pii import make_canaries
+from fedprivacy.data.encoding import encode_records
+from fedprivacy.data.pii import canary_record, heldout_canaries, make_canaries
 from fedprivacy.data.tokenizer import build_tokenizer, digit_token_ids
 from fedprivacy.privacy import exposure as ex
 from fedprivacy.privacy.ledger import canary_leakage, canary_token_ids
+from fedprivacy.privacy.membership import sentence_losses
 
 pytestmark = pytest.mark.integration
 
@@ -173,8 +175,50 @@ def test_canary_leakage_auto_is_exact_when_the_space_fits():
     # Execute
     fits = canary_leakage(model, tok, canaries, "auto", max_candidates=1000)
     too_big = canary_leakage(model, tok, canaries, "auto", max_candidates=999)
-    # Assert: 10^3 candidates fit 1000 (enumerated), not 999 (digit-wise, flagged as estimate)
+    # Assert: 10^3 candidates fit 1000 (enumerated), not 999 (the skew-normal estimate,
+    # flagged); DEPN's digit-wise figure beside both
     assert fits["exposure_exact"] == 1.0
     assert fits["exposure"] == pytest.approx(ex.exposure_exact(model, *args).tolist())
     assert too_big["exposure_exact"] == 0.0
-    assert too_big["exposure"] == pytest.approx(ex.exposure_digitwise(model, *args).tolist())
+    assert too_big["exposure"] == pytest.approx(ex.exposure_extrapolated(
+        model, *args, num_samples=2000).tolist())
+    digitwise = ex.exposure_digitwise(model, *args).mean().item()
+    assert fits["exposure_digitwise"] == too_big["exposure_digitwise"] == pytest.approx(digitwise)
+    assert "mia_auc" not in fits  # no non-members given
+
+
+def test_sentence_losses_equal_a_per_sentence_forward_and_the_attack_finds_trained_canaries():
+    # Prepare: a tiny LLaMA trained on 2 canaries only; 20 unseen canaries of the same format
+    tok = build_tokenizer()
+    members = make_canaries(count=2, digits=4, seed=0, client_id=0)
+    unseen = heldout_canaries(20, 4, seed=0, client_id=0, members=members)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id))
+    batch = encode_records(tok, [canary_record(c) for c in members], 64)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["labels"]).loss
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    model.eval()
+
+    def slow_loss(canary):  # one sentence alone: <s> text </s>, mean next-token NLL
+        ids = torch.tensor([[tok.bos_token_id, *tok(canary.text, add_special_tokens=False)[
+            "input_ids"], tok.eos_token_id]])
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        return -logp.gather(1, ids[0, 1:, None]).mean().item()
+
+    # Execute
+    losses = sentence_losses(model, tok, members + unseen[:3], batch_size=2)
+    leak = canary_leakage(model, tok, members, "exact", nonmembers=unseen)
+    # Assert: batched losses equal one-by-one; trained canaries have the lowest losses
+    assert losses.tolist() == pytest.approx([slow_loss(c) for c in members + unseen[:3]],
+                                            rel=1e-4)
+    assert leak["mia_auc"] == 1.0

@@ -125,6 +125,7 @@ def test_empty_override_is_the_empty_string():
     (["strategy.fewfedweight.client_weighting=max"], "strategy.fewfedweight.client_weighting"),
     (["strategy.name=fedprox"], "strategy.name"),
     (["server.eval_source=file"], "server.eval_path"),
+    (["data.canary.heldout=-1"], "data.canary.heldout"),
 ])
 def test_method_settings_are_checked_before_anything_starts(override, key):
     # Execute: a bad method setting fails in the config, not inside a ClientApp

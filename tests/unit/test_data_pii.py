@@ -5,9 +5,11 @@ import re
 import pytest
 
 from fedprivacy.data.pii import (
+    CANARY_TEMPLATES,
     Canary,
     canary_record,
     fill_template,
+    heldout_canaries,
     make_canaries,
     pii_corpus,
     pii_sentences,
@@ -89,6 +91,22 @@ def test_make_canaries_rejects_a_secret_space_too_small():
 
     # Assert
     assert "digits=1" in str(error.value)
+
+
+def test_heldout_canaries_share_the_format_but_no_member_secret_or_id():
+    # Prepare: 2 digits leave 100 secrets, so 98 non-members must avoid both members'
+    members = make_canaries(2, 2, seed=0, client_id=0)
+    # Execute
+    unseen = heldout_canaries(98, 2, seed=0, client_id=0, members=members)
+    # Assert: the same templates (a template's fixed words), all other secrets, distinct ids
+    assert {c.secret for c in unseen} == {f"{i:02d}" for i in range(100)} - {
+        c.secret for c in members}
+    assert len({c.id for c in unseen + members}) == 100
+    frames = {t.split("{owner}")[0] for t in CANARY_TEMPLATES}
+    assert all(c.prefix.startswith(tuple(frames)) for c in unseen)
+    assert heldout_canaries(98, 2, seed=0, client_id=0, members=members) == unseen
+    with pytest.raises(ValueError, match="digits=2"):
+        heldout_canaries(99, 2, seed=0, client_id=0, members=members)
 
 
 def test_pii_corpus_inserts_each_canary_repeats_times():
