@@ -48,17 +48,26 @@ def token_losses(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask
     return token_nll(logits, labels.to(device)).cpu()
 
 
-def evaluate_loss(model: PreTrainedModel, encoded: Batch, batch_size: int) -> tuple[float, int]:
-    """Token-weighted mean loss over labelled tokens and the number of such tokens."""
-    total, count = 0.0, 0
+def row_losses(model: PreTrainedModel, encoded: Batch, batch_size: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed next-token loss over its labelled tokens (float64) and their
+    number, [N] each, in the rows' order."""
+    sums, counts = [], []
     with evaluating(model):
         for batch in iterate_batches(encoded, batch_size, seed=0, shuffle=False):
             ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-            total += token_losses(model, ids, mask, labels).sum().item()
-            count += int((labels[:, 1:] != IGNORE_INDEX).sum())
+            sums.append(token_losses(model, ids, mask, labels).double().sum(1))
+            counts.append((labels[:, 1:] != IGNORE_INDEX).sum(1))
+    return torch.cat(sums), torch.cat(counts)
+
+
+def evaluate_loss(model: PreTrainedModel, encoded: Batch, batch_size: int) -> tuple[float, int]:
+    """Token-weighted mean loss over labelled tokens and the number of such tokens."""
+    sums, counts = row_losses(model, encoded, batch_size)
+    count = int(counts.sum())
     if count == 0:
         raise ValueError("evaluate_loss: no labelled tokens in the evaluation set")
-    return total / count, count
+    return float(sums.sum()) / count, count
 
 
 def perplexity(mean_loss: float) -> float:

@@ -16,42 +16,31 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedprivacy.data.encoding import IGNORE_INDEX, encode_records, iterate_batches
+from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.pii import Canary, canary_record
-from fedprivacy.evaluation import token_losses
-from fedprivacy.lm import evaluating
+from fedprivacy.evaluation import row_losses
 
 
 def roc_auc(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> float:
-    """AUC of ``score(member) > score(non-member)``, ties counted half, from the ranks of the
-    pooled scores (Mann-Whitney U): O(n log n)."""
+    """AUC of ``score(member) > score(non-member)``, ties counted half: for each member, the
+    non-members below it plus half those equal to it, by binary search in the sorted
+    non-member scores (the Mann-Whitney U): O((m + n) log n)."""
     m, n = len(member_scores), len(nonmember_scores)
     if m == 0 or n == 0:
         raise ValueError(f"roc_auc needs members and non-members (got {m} and {n})")
-    pooled = torch.cat([member_scores, nonmember_scores]).double()
-    order = pooled.argsort()
-    ranks = torch.empty_like(pooled)
-    ranks[order] = torch.arange(1, m + n + 1, dtype=torch.float64)
-    values, inverse = pooled.unique(return_inverse=True)  # ties: their ranks' average
-    mean_rank = torch.zeros_like(values).index_add_(0, inverse, ranks)
-    mean_rank /= torch.zeros_like(values).index_add_(0, inverse, torch.ones_like(ranks))
-    u = mean_rank[inverse[:m]].sum() - m * (m + 1) / 2
-    return float(u / (m * n))
+    ordered = nonmember_scores.double().sort().values
+    members = member_scores.double()
+    below = torch.searchsorted(ordered, members, right=False)
+    at_most = torch.searchsorted(ordered, members, right=True)
+    return int((below + at_most).sum()) / (2 * m * n)
 
 
-@torch.no_grad()
 def sentence_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     canaries: Sequence[Canary], batch_size: int = 32) -> torch.Tensor:
     """Mean next-token loss of each canary sentence as training encodes it: [N]."""
     encoded = encode_records(tokenizer, [canary_record(c) for c in canaries], 10_000)
-    out = []
-    with evaluating(model):
-        for batch in iterate_batches(encoded, batch_size, seed=0, shuffle=False):
-            losses = token_losses(model, batch["input_ids"], batch["attention_mask"],
-                                  batch["labels"])
-            counted = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1)
-            out.append(losses.sum(1) / counted)
-    return torch.cat(out)
+    sums, counts = row_losses(model, encoded, batch_size)
+    return sums / counts
 
 
 def membership_auc(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

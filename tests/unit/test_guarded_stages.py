@@ -72,7 +72,6 @@ def _instruction(node: int) -> Message:
     return msg
 
 
-
 def _train_reply(node: int) -> Message:
     return Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(3, np.float32))}),
                                "metrics": MetricRecord({"num-examples": 4, "train_loss": 1.0})}),
