@@ -47,7 +47,7 @@ def _source_key(cfg: DataConfig) -> str:
     """The key to blame for clients left without records."""
     if cfg.source == "files":
         return f"data.path ({cfg.path})"
-    if cfg.source == "pii":
+    if cfg.source in ("pii", "public"):
         return "data.pii_records"
     if cfg.partition == "dirichlet":
         return f"data.dirichlet_alpha={cfg.dirichlet_alpha} (data.partition=dirichlet)"

@@ -12,12 +12,16 @@ A sweep file::
     grid:                             # ... and/or a grid: every combination of the values
       train.lr: [0.001, 0.003]
     metrics: [final.eval_loss]        # summary keys for the Markdown table and the plot
-    baseline: fedavg                  # optional: per-task comparison against this variant
+    baseline: fedavg                  # optional: every metric's change against this variant,
+                                      # and the per-task comparison when runs score tasks
+    tradeoff: [final.eval_ppl, privacy.exposure_mean]  # optional: x, y of tradeoff.png
 
 writes ``results.csv`` (one row per run: its overrides and flattened ``summary.json``),
-``results.md`` (mean ± std over seeds per variant; with a ``baseline``, also each variant's
-per-task scores, the share of tasks it improves over the baseline and its average improvement
-rate, the measures of FewFedWeight's paper) and ``comparison.png``.
+``results.md`` (mean ± std over seeds per variant; with a ``baseline``, each metric's relative
+change against it and, when the runs score tasks, each variant's per-task scores, the share of
+tasks it improves over the baseline and its average improvement rate, the measures of
+FewFedWeight's paper), ``comparison.png`` and, with ``tradeoff``,
+``tradeoff.png`` (one metric against another, a point per variant with its std over seeds).
 
 A run that fails is a row of ``results.csv`` (``status`` failed, its ``error``) and of the
 "Failed runs" table of ``results.md``; the sweep goes on and `fedprivacy sweep` exits non-zero.
@@ -78,6 +82,7 @@ class Sweep:
     metrics: list[str] = field(default_factory=list)
     baseline: str = ""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tradeoff: list[str] = field(default_factory=list)
 
 
 def _grid(grid: dict[str, list[Any]]) -> list[tuple[str, list[str]]]:
@@ -95,7 +100,7 @@ def load_sweep(path: str | Path) -> Sweep:
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert isinstance(spec, dict)
     unknown = set(spec) - {"base", "name", "seeds", "overrides", "runs", "grid", "metrics",
-                           "baseline"}
+                           "baseline", "tradeoff"}
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}")
     if "base" not in spec:
@@ -125,8 +130,11 @@ def load_sweep(path: str | Path) -> Sweep:
     baseline = str(spec.get("baseline", ""))
     if baseline and baseline not in {r.variant for r in runs}:
         raise ConfigError(f"{path}: baseline {baseline!r} is not one of the runs' names")
+    tradeoff = [str(m) for m in spec.get("tradeoff", [])]
+    if tradeoff and len(tradeoff) != 2:
+        raise ConfigError(f"{path}: tradeoff: two metrics, x then y (got {tradeoff})")
     return Sweep(base, str(spec.get("name", path.stem)), runs,
-                 [str(m) for m in spec.get("metrics", [])], baseline, trackings[0])
+                 [str(m) for m in spec.get("metrics", [])], baseline, trackings[0], tradeoff)
 
 
 FINISHED, REUSED, FAILED = "finished", "reused", "failed"
@@ -245,7 +253,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = 
                 rows.append(ended[len(rows)])
                 tracker.add(rows[-1])
             write_results(root, [ended[i] for i in sorted(ended)], sweep.metrics,
-                          sweep.baseline)
+                          sweep.baseline, sweep.tradeoff)
 
         if ray_address:
             _run_on_ray(sweep, root, parallel, ray_address, record)
@@ -337,8 +345,9 @@ def _slug(text: str) -> str:
 
 
 def write_results(root: Path, rows: list[dict[str, Any]], metrics: list[str],
-                  baseline: str = "") -> None:
-    """``results.csv``, ``results.md`` and ``comparison.png`` from the rows so far."""
+                  baseline: str = "", tradeoff: list[str] | None = None) -> None:
+    """``results.csv``, ``results.md``, ``comparison.png`` (and ``tradeoff.png``) from the rows
+    so far."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (root / "results.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -346,11 +355,15 @@ def write_results(root: Path, rows: list[dict[str, Any]], metrics: list[str],
         writer.writerows(rows)
     table = aggregate(rows, metrics)
     text = results_markdown(table, metrics)
-    if baseline and any(r["variant"] == baseline for r in rows):
-        text += "\n" + improvement_markdown(improvement(rows, baseline), baseline)
+    if baseline and baseline in table:
+        text += "\n" + change_markdown(table, metrics, baseline)
+        if any(k.startswith(TASK_PREFIX) for r in rows for k in r):
+            text += "\n" + improvement_markdown(improvement(rows, baseline), baseline)
     text += failures_markdown(rows)
     (root / "results.md").write_text(text)
     plot_comparison(table, metrics, root / "comparison.png")
+    if tradeoff:
+        plot_tradeoff(table, tradeoff[0], tradeoff[1], root / "tradeoff.png")
 
 
 def failures_markdown(rows: list[dict[str, Any]]) -> str:
@@ -414,6 +427,20 @@ def aggregate(rows: list[dict[str, Any]], metrics: list[str]) -> Table:
     return out
 
 
+def change_markdown(table: Table, metrics: list[str], baseline: str) -> str:
+    """Each variant's relative change of each metric's mean against the baseline's mean,
+    (m_v − m_b) / |m_b| ("–" where either is missing or the baseline's mean is 0)."""
+    base = table[baseline]
+    head = (f"Change against `{baseline}` (of the means)\n\n| variant | " + " | ".join(metrics)
+            + " |\n|---|" + "---|" * len(metrics) + "\n")
+    lines = []
+    for variant, values in table.items():
+        cells = [f"{(values[m][0] - base[m][0]) / abs(base[m][0]):+.1%}"
+                 if m in values and m in base and base[m][0] != 0 else "–" for m in metrics]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
 def results_markdown(table: Table, metrics: list[str]) -> str:
     head = "| variant | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics) + "\n"
     lines = []
@@ -441,6 +468,27 @@ def plot_comparison(table: Table, metrics: list[str], path: Path) -> None:
         ax.bar(range(len(variants)), means, yerr=stds, capsize=3)
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize="small")
         ax.set_title(metric, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_tradeoff(table: Table, x: str, y: str, path: Path) -> None:
+    """``y`` against ``x``: one labelled point per variant that has both, error bars = std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for variant, values in table.items():
+        if x in values and y in values:
+            ax.errorbar(values[x][0], values[y][0], xerr=values[x][1], yerr=values[y][1],
+                        fmt="o", capsize=3)
+            ax.annotate(variant, (values[x][0], values[y][0]), fontsize="small",
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

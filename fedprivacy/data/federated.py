@@ -18,7 +18,7 @@ from fedprivacy.data.pii import (
 from fedprivacy.data.records import Record, derive_seed
 from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
 
-SOURCES = ("tasks", "pii", "files", "facts", "concepts")
+SOURCES = ("tasks", "pii", "public", "files", "facts", "concepts")
 
 
 @dataclass
@@ -34,7 +34,9 @@ NODE_DATA_KEY = "data-path"  # a SuperNode's --node-config key that names its ow
 
 @dataclass
 class DataConfig:
-    source: str = "tasks"  # tasks | pii | files | facts (data.conflicts) | concepts (data.concept_world)
+    # tasks | pii | public (pii's PII-free half only: public pretraining) | files |
+    # facts (data.conflicts) | concepts (data.concept_world)
+    source: str = "tasks"
     tasks: list[str] = field(default_factory=list)   # empty = all tasks in TASKS order
     partition: str = "by_task"   # by_task | iid | dirichlet
     dirichlet_alpha: float = 0.5
@@ -149,12 +151,25 @@ def _pii_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
                       canaries=canaries, heldout_canaries=unseen)
 
 
+def _public_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
+    """Client i's PII-free text alone: ``pii_records`` public sentences, then the validation and
+    test sentences, drawn with a seed of its own (a public corpus to pretrain on before the
+    private fine-tuning of ``pii``; no PII, no canary)."""
+    n_held_out = cfg.val_per_client + cfg.test_per_client
+    public = public_corpus(cfg.pii_records + n_held_out,
+                           derive_seed(seed, "public-pretraining", partition_id))
+    held_out = public[:n_held_out]
+    return ClientData(public[n_held_out:], held_out[: cfg.val_per_client],
+                      held_out[cfg.val_per_client :])
+
+
 def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int) -> ClientData:
     """The data of client `partition_id`: identical for identical arguments in any process.
 
     tasks + by_task: task `tasks[i mod T]`, generated for this client alone. tasks + iid/dirichlet
     and files: one pool partitioned across clients, this client's part cut into train/validation/
-    test in the configured ratio (`task` is None). pii: its own corpus and canaries (any partition).
+    test in the configured ratio (`task` is None). pii: its own corpus and canaries (any partition);
+    public: its own PII-free sentences.
     """
     _check(cfg, partition_id, num_partitions)
     if cfg.source == "files" and cfg.node_paths:
@@ -162,6 +177,8 @@ def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, s
                                      key=f"data.node_paths[{partition_id}]")
     if cfg.source == "pii":
         return _pii_client(cfg, partition_id, seed)
+    if cfg.source == "public":
+        return _public_client(cfg, partition_id, seed)
     if cfg.source == "tasks" and cfg.partition == "by_task":
         return _task_client(cfg, partition_id, seed)
     return pooled_client_data(cfg, num_partitions, seed)[partition_id]
@@ -183,7 +200,8 @@ def node_file_client_data(cfg: DataConfig, path: str, seed: int,
 
 def is_pooled(cfg: DataConfig) -> bool:
     """Whether clients cut their data from one shared pool (files, tasks + iid/dirichlet)."""
-    return not (cfg.source == "pii" or (cfg.source == "tasks" and cfg.partition == "by_task")
+    return not (cfg.source in ("pii", "public")
+                or (cfg.source == "tasks" and cfg.partition == "by_task")
                 or is_node_local(cfg))
 
 

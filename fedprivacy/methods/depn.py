@@ -29,6 +29,12 @@ class DEPNConfig:
         "help": "per-record candidates: attribution >= ratio x the record's maximum"})
     max_records: int = field(default=16, metadata={
         "help": "private records used for detection per round"})
+    contrast: int = field(default=1, metadata={
+        "help": "counterfactuals per record (private tokens resampled) whose attribution is "
+                "subtracted; 0 = the paper's plain attribution"})
+    utility_budget: float = field(default=0.05, metadata={
+        "help": "relative loss increase on the client's PII-free validation text the zeroed "
+                "neurons may cost (neurons beyond it are dropped); .inf = no guard"})
 
     def validate(self) -> None:
         check(self.top_z >= 1, "top_z", "must be >= 1", self.top_z)
@@ -36,33 +42,24 @@ class DEPNConfig:
         check(0 <= self.threshold_ratio <= 1, "threshold_ratio", "must be in [0, 1]",
               self.threshold_ratio)
         check(self.max_records >= 1, "max_records", "must be >= 1", self.max_records)
+        check(self.contrast >= 0, "contrast", "must be >= 0", self.contrast)
+        check(self.utility_budget >= 0, "utility_budget", "must be >= 0 (.inf: no guard)",
+              self.utility_budget)
 
 
 def depn_step(job: Any) -> dict[str, float | list[int]]:
-    """Detect privacy neurons on the client's private records and zero them before sending."""
-    import torch
-
+    """Detect privacy neurons on the client's private records, keep those within the utility
+    budget on its PII-free validation text, and zero them before sending."""
     from fedprivacy import adapters, sites
-    from fedprivacy.privacy.depn import depn, neuron_ids
+    from fedprivacy.privacy.depn import apply_depn, client_privacy_neurons, neuron_ids
 
     settings: DEPNConfig = job.settings(METHOD)
     model = adapters.base_of(job.model)  # with an adapter: its base's down projections
-    data = job.res.train_set
-    rows = torch.nonzero(data["private_mask"].any(dim=1)).flatten()
-    if len(rows) == 0:
-        return {"edited": 0.0, "records": 0.0, "neurons": []}
-    # identical private records (a canary repeated k times) vote once each
-    unique: dict[tuple[int, ...], int] = {}
-    for row in rows.tolist():
-        unique.setdefault(tuple(data["input_ids"][row].tolist()), row)
-    chosen = torch.tensor(list(unique.values())[:settings.max_records])
-    device = next(model.parameters()).device
-    batch = {k: data[k][chosen].to(device) for k in ("input_ids", "private_mask", "attention_mask")}
-    _, neurons = depn(model, batch["input_ids"], batch["private_mask"], top_z=settings.top_z,
-                      attention_mask=batch["attention_mask"], steps=settings.ig_steps,
-                      threshold_ratio=settings.threshold_ratio)
-    return {"edited": float(len(neurons.neurons)), "records": float(len(chosen)),
-            "neurons": neuron_ids(neurons.neurons, sites.ffn_dim(model))}
+    neurons, detected, records = client_privacy_neurons(
+        model, job.res.train_set, job.res.val_set, settings, job.cfg.train.batch_size, job.seed)
+    apply_depn(model, neurons)
+    return {"edited": float(len(neurons.neurons)), "detected": float(detected),
+            "records": float(records), "neurons": neuron_ids(neurons.neurons, sites.ffn_dim(model))}
 
 
 def depn_finish(model: Any, rounds: list[dict]) -> None:

@@ -19,6 +19,7 @@ from fedprivacy.methods.registry import Method, check, check_choice, register
 # TEMPERATURE_MAPS and NOISE_MODELS (a unit test keeps these tuples equal to those tables).
 TEMPERATURE_MAP_NAMES = ("linear", "exponential")
 NOISE_MODEL_NAMES = ("gaussian", "laplace", "none")
+NOISE_ON = ("private", "all")  # where the soft-target noise goes (`swing_distillation_loss`)
 
 
 def _span(job: Any, teacher: Any) -> Any:
@@ -54,6 +55,8 @@ class SwingConfig:
     t0: float = field(default=1.0, metadata={"help": "temperature of a public token (p = 0)"})
     t_max: float = field(default=20.0, metadata={"help": "temperature of a private token"})
     noise: str = field(default="gaussian", metadata={"help": f"one of {list(NOISE_MODEL_NAMES)}"})
+    noise_on: str = field(default="private", metadata={
+        "help": "private: noise scaled by each token's privacy likelihood; all: every token"})
     epsilon: float = field(default=8.0, metadata={"help": "budget of the soft-target noise"})
     delta: float = field(default=1e-5, metadata={"help": "δ of the Gaussian noise"})
     alpha: float = field(default=0.5, metadata={"help": "weight of the distillation term"})
@@ -64,6 +67,7 @@ class SwingConfig:
         check_choice(self.detector, "detector", DETECTOR_BUILDERS)
         check_choice(self.temperature_map, "temperature_map", TEMPERATURE_MAP_NAMES)
         check_choice(self.noise, "noise", NOISE_MODEL_NAMES)
+        check_choice(self.noise_on, "noise_on", NOISE_ON)
         check(self.t0 > 0, "t0", "must be > 0", self.t0)
         check(self.t_max > 0, "t_max", "must be > 0", self.t_max)
         if self.noise != "none":

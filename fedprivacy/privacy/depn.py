@@ -10,11 +10,22 @@
    are the privacy neurons. Ties are broken by the summed score, then by (layer, index) — this
    project's choice for a deterministic order (the DEPN code uses ``Counter.most_common``).
 4. Editor: the privacy neurons are zeroed (``editing.scale_neurons(..., 0.0)``).
+
+Two additions of this project's, both off in the paper's setting (``contrast=0``, no guard):
+
+- Contrast (step 1): zero-baseline attribution of P(y_i | X) also credits neurons that help
+  *any* value in that slot (any digit, any text). With ``contrast = k`` the record's scores
+  become s(X) − mean_j s(X~_j), where X~_j is the record with each private token resampled
+  from ``token_pool`` (other private tokens of the client); a neuron that carries the memorised
+  secret scores high on X only.
+- Utility guard (after step 3): `guard_utility` keeps the ranked neurons one at a time while the
+  loss on PII-free text with the kept ones zeroed stays within (1 + budget) × the unedited loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +33,7 @@ from torch import nn
 
 from fedprivacy import attribution, sites
 from fedprivacy.editing import EditHandle, scale_neurons
+from fedprivacy.methods.depn import DEPNConfig
 
 Neuron = tuple[int, int]
 
@@ -127,6 +139,19 @@ def _unpadded(
     return rows
 
 
+def resampled_record(
+    ids: torch.Tensor, private: torch.Tensor, token_pool: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """A counterfactual of record ``ids`` [T]: each private token replaced by a token drawn
+    uniformly from ``token_pool`` other than itself (kept if the pool holds no other token)."""
+    out = ids.clone()
+    for t in private.bool().nonzero().flatten().tolist():
+        others = token_pool[token_pool != ids[t]]
+        if len(others):
+            out[t] = others[int(torch.randint(len(others), (1,), generator=generator))]
+    return out
+
+
 def detect_privacy_neurons(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -140,30 +165,53 @@ def detect_privacy_neurons(
     mask_token_id: int | None = None,
     batch_size: int = 256,
     fast: bool | None = None,
+    contrast: int = 0,
+    token_pool: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> PrivacyNeurons:
     """Privacy-neuron detection over records ``input_ids`` [N, T] (padding given by
     ``attention_mask``, contiguous at either end) with ``private_mask`` [N, T] True on private
-    tokens: per-record attribution, relative threshold, votes, top-z (module docstring)."""
+    tokens: per-record attribution (minus the mean of ``contrast`` resampled counterfactuals'
+    when ``contrast`` > 0, tokens drawn from ``token_pool``), relative threshold, votes, top-z
+    (module docstring)."""
     if input_ids.dim() != 2 or private_mask.shape != input_ids.shape:
         raise ValueError("input_ids and private_mask must both be [N, T]")
+    if contrast and token_pool is None:
+        raise ValueError("contrast needs the token_pool its counterfactual tokens come from")
     resolved = sites.Sites(model)
     if layers is None:
         layers = range(resolved.num_layers)
     layer_ids = [resolved.layer(layer) for layer in layers]
+    generator = generator or torch.Generator().manual_seed(0)
+
+    def scores_of(ids: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        return record_scores(model, ids, private, layer_ids, steps=steps,
+                             mask_token_id=mask_token_id, batch_size=batch_size, fast=fast)
+
     candidates = []
     for ids, private in _unpadded(input_ids, private_mask, attention_mask):
-        scores = record_scores(
-            model,
-            ids,
-            private,
-            layer_ids,
-            steps=steps,
-            mask_token_id=mask_token_id,
-            batch_size=batch_size,
-            fast=fast,
-        )
+        scores = scores_of(ids, private)
+        for _ in range(contrast):
+            counterfactual = resampled_record(ids, private, token_pool, generator)
+            scores -= scores_of(counterfactual, private) / contrast
         candidates.append(select_candidates(scores, layer_ids, threshold_ratio))
     return aggregate(candidates, top_z)
+
+
+def guard_utility(
+    model: nn.Module, neurons: PrivacyNeurons, loss_of: Callable[[], float], budget: float
+) -> PrivacyNeurons:
+    """Keep the ranked neurons one at a time while ``loss_of()`` (a held-out loss on PII-free
+    text) with the kept ones zeroed stays ≤ (1 + budget) × its unedited value; a neuron whose
+    addition breaks the budget is dropped. The model is left unedited."""
+    limit = (1 + budget) * loss_of()
+    kept: list[Neuron] = []
+    for neuron in neurons.neurons:
+        handle = apply_depn(model, PrivacyNeurons(kept + [neuron]))
+        if loss_of() <= limit:
+            kept.append(neuron)
+        handle.undo()
+    return PrivacyNeurons(kept, neurons.votes, neurons.scores, neurons.candidates)
 
 
 def apply_depn(model: nn.Module, neurons: PrivacyNeurons) -> EditHandle:
@@ -184,6 +232,48 @@ def depn(
         model, input_ids, private_mask, attention_mask, top_z=top_z, **detect_kwargs
     )
     return apply_depn(model, neurons), neurons
+
+
+def most_repeated_records(input_ids: torch.Tensor, private_mask: torch.Tensor, limit: int
+                          ) -> list[int]:
+    """Rows of up to ``limit`` distinct records with private tokens, the most often repeated
+    first (memorisation grows with repetition, Carlini et al. 2019), ties by first row."""
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for row in torch.nonzero(private_mask.any(dim=1)).flatten().tolist():
+        rows.setdefault(tuple(input_ids[row].tolist()), []).append(row)
+    ranked = sorted(rows.values(), key=lambda same: (-len(same), same[0]))
+    return [same[0] for same in ranked[:limit]]
+
+
+def client_privacy_neurons(
+    model: nn.Module, train_set: dict[str, torch.Tensor], held_out: dict[str, torch.Tensor],
+    settings: DEPNConfig, batch_size: int, seed: int,
+) -> tuple[PrivacyNeurons, int, int]:
+    """A client's privacy neurons: detection on its ``max_records`` most repeated private
+    records (contrast tokens from its own private tokens), then the utility guard on its
+    PII-free ``held_out`` text unless ``utility_budget`` is inf. Returns the neurons, how many
+    were detected before the guard and how many records voted; the model is left unedited."""
+    from fedprivacy.evaluation import evaluate_loss
+
+    chosen = most_repeated_records(train_set["input_ids"], train_set["private_mask"],
+                                   settings.max_records)
+    if not chosen:
+        return PrivacyNeurons([]), 0, 0
+    device = next(model.parameters()).device
+    batch = {k: train_set[k][chosen].to(device)
+             for k in ("input_ids", "private_mask", "attention_mask")}
+    neurons = detect_privacy_neurons(
+        model, batch["input_ids"], batch["private_mask"], batch["attention_mask"],
+        top_z=settings.top_z, steps=settings.ig_steps, threshold_ratio=settings.threshold_ratio,
+        contrast=settings.contrast,
+        token_pool=train_set["input_ids"][train_set["private_mask"]].unique(),
+        generator=torch.Generator().manual_seed(seed))
+    detected = len(neurons.neurons)
+    if not math.isinf(settings.utility_budget) and len(held_out["input_ids"]):
+        neurons = guard_utility(model, neurons,
+                                lambda: evaluate_loss(model, held_out, batch_size)[0],
+                                settings.utility_budget)
+    return neurons, detected, len(chosen)
 
 
 def neuron_ids(neurons: Iterable[tuple[int, int]], d_ff: int) -> list[int]:

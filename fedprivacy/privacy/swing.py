@@ -8,8 +8,9 @@ pieces below and all their defaults are THIS project's choices, not the paper's:
 - temperature map, ``linear`` (default) T(p) = T0 + (Tmax - T0) p, or ``exponential``
   T(p) = T0 (Tmax / T0)^p; T0 = 1 and Tmax = 20 by default, so private tokens are distilled
   from an almost flat teacher distribution;
-- noise on the teacher's tempered probabilities q_t = softmax(z_t / T_t), then clamped at 0 and
-  renormalised: ``gaussian`` N(0, sigma^2) with the classical Gaussian-mechanism bound
+- noise on the teacher's tempered probabilities q_t = softmax(z_t / T_t), scaled by the token's
+  privacy likelihood p_t (``noise_on: private``, the default; ``all`` adds it at every position),
+  then clamped at 0 and renormalised: ``gaussian`` N(0, sigma^2) with the classical Gaussian-mechanism bound
   sigma = Delta_2 sqrt(2 ln(1.25 / delta)) / epsilon, or ``laplace`` with scale b = Delta_1 /
   epsilon, where Delta_1 = 2 and Delta_2 = sqrt(2) are the largest L1 and L2 distances between
   two probability vectors; ``none`` for no noise. (The classical Gaussian bound is proven for
@@ -104,12 +105,19 @@ def noisy_soft_targets(
     temperatures: torch.Tensor,
     cfg: SwingConfig,
     generator: torch.Generator | None = None,
+    noise_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q~_t = normalise(max(softmax(z_t / T_t) + noise, 0)), [N, T, V]; uniform where all clamp to 0."""
+    """q~_t = normalise(max(softmax(z_t / T_t) + w_t noise, 0)), [N, T, V]; uniform where all clamp to 0.
+
+    ``noise_weight`` w [N, T] (1 everywhere if None) scales the noise of each position.
+    """
     q = torch.softmax(teacher_logits.detach().float() / temperatures.unsqueeze(-1), -1)
     if cfg.noise == "none":
         return q
-    q = (q + sample_noise(q.shape, cfg, generator, q.device)).clamp(min=0)
+    noise = sample_noise(q.shape, cfg, generator, q.device)
+    if noise_weight is not None:
+        noise = noise * noise_weight.unsqueeze(-1).float()
+    q = (q + noise).clamp(min=0)
     total = q.sum(-1, keepdim=True)
     return torch.where(total > 0, q / total.clamp(min=1e-30), torch.full_like(q, 1 / q.shape[-1]))
 
@@ -151,10 +159,14 @@ def swing_distillation_loss(
     With the privacy ``likelihood`` p [N, T], the hard-label CE of token t is weighted by
     1 - p_t, so a token flagged private is learned only from its hot, noisy soft target; without
     it the hard labels teach the student the private tokens directly (this project's choice).
+    With ``cfg.noise_on == "private"`` the noise of token t is scaled by p_t, so a public
+    token's soft target keeps the teacher's knowledge (without a likelihood: noise everywhere).
     """
     temps = temperatures[:, 1:].float()
-    targets = noisy_soft_targets(teacher_logits[:, :-1], temps, cfg, generator)
-    weights = None if likelihood is None else 1 - likelihood[:, 1:].float()
+    private = None if likelihood is None else likelihood[:, 1:].float()
+    noise_weight = private if cfg.noise_on == "private" else None
+    targets = noisy_soft_targets(teacher_logits[:, :-1], temps, cfg, generator, noise_weight)
+    weights = None if private is None else 1 - private
     return _distillation_loss(student_logits, targets, labels, temps, cfg.alpha, weights)
 
 

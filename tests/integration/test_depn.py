@@ -214,3 +214,83 @@ def test_masked_lm_needs_mask_token():
     # Execute / Assert
     with pytest.raises(ValueError, match="mask_token_id"):
         depn.record_scores(model, torch.tensor([1, 2, 3]), torch.tensor([0, 1, 0]))
+
+
+def test_resampled_record_replaces_only_private_tokens_by_other_pool_tokens():
+    # Prepare
+    ids = torch.tensor([1, 2, 3, 4, 17, 9, 25, 11])
+    private = torch.tensor([0, 0, 0, 0, 1, 1, 0, 1], dtype=torch.bool)
+    pool = torch.tensor([9, 11, 17, 20, 21])
+
+    # Execute
+    out = [depn.resampled_record(ids, private, pool, torch.Generator().manual_seed(s)) for s in range(20)]
+
+    # Assert
+    for row in out:
+        assert torch.equal(row[~private], ids[~private])
+        assert all(int(row[t]) in pool.tolist() and row[t] != ids[t] for t in (4, 5, 7))
+    assert len({tuple(row.tolist()) for row in out}) > 1
+    lone = depn.resampled_record(ids, private, torch.tensor([17]), torch.Generator())
+    assert lone[4] == 17 and lone[5] == 17  # the pool's only token, kept where it is the token
+
+
+def test_contrast_subtracts_the_counterfactuals_attribution_as_the_reference_does(memorised):
+    # Prepare
+    model, secrets, private = memorised
+    pool = torch.arange(10, VOCAB)
+    drawn = torch.Generator().manual_seed(3)
+    expected = []
+    for ids, mask in zip(secrets, private):
+        counterfactual = depn.resampled_record(ids, mask, pool, drawn)
+        scores = (reference_scores(model, ids, mask, 5)
+                  - reference_scores(model, counterfactual, mask, 5)).float()
+        expected.append(depn.select_candidates(scores, [0, 1]))
+
+    # Execute
+    found = depn.detect_privacy_neurons(model, secrets, private, steps=5, top_z=8, contrast=1,
+                                        token_pool=pool, generator=torch.Generator().manual_seed(3))
+
+    # Assert: the same candidates, and the result differs from plain attribution
+    plain = depn.detect_privacy_neurons(model, secrets, private, steps=5, top_z=8)
+    for got, want in zip(found.candidates, expected):
+        assert [(layer, i) for layer, i, _ in got] == [(layer, i) for layer, i, _ in want]
+        assert [s for *_, s in got] == pytest.approx([s for *_, s in want], rel=1e-3, abs=1e-7)
+    assert found.neurons == depn.aggregate(expected, 8).neurons
+    assert found.candidates != plain.candidates
+    with pytest.raises(ValueError, match="token_pool"):
+        depn.detect_privacy_neurons(model, secrets, private, contrast=1)
+
+
+def test_utility_guard_keeps_the_loss_within_budget_and_drops_only_neurons_that_break_it(memorised):
+    # Prepare: as the guarded loss, the secrets' own (which zeroing privacy neurons must raise,
+    # so that the guard has neurons to drop); 30 ranked candidates, a tight budget
+    model, secrets, private = memorised
+
+    def loss_of() -> float:
+        with torch.no_grad():
+            return model(input_ids=secrets, labels=secrets).loss.item()
+
+    ranked = depn.detect_privacy_neurons(model, secrets, private, top_z=30, threshold_ratio=0.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    base = loss_of()
+    budget = 0.05
+
+    # Execute
+    kept = depn.guard_utility(model, ranked, loss_of, budget)
+
+    # Assert: the model is unedited; the kept set meets the budget; each dropped neuron, added to
+    # the neurons kept before it in rank order, breaks it; an infinite budget keeps everything
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert 0 < len(kept.neurons) < len(ranked.neurons)
+    assert [n for n in ranked.neurons if n in kept.neurons] == kept.neurons
+    handle = depn.apply_depn(model, kept)
+    assert loss_of() <= (1 + budget) * base
+    handle.undo()
+    for position, neuron in enumerate(ranked.neurons):
+        if neuron in kept.neurons:
+            continue
+        before = [n for n in ranked.neurons[:position] if n in kept.neurons]
+        handle = depn.apply_depn(model, depn.PrivacyNeurons(before + [neuron]))
+        assert loss_of() > (1 + budget) * base
+        handle.undo()
+    assert depn.guard_utility(model, ranked, loss_of, float("inf")).neurons == ranked.neurons

@@ -123,6 +123,26 @@ def test_files_source_partitions_the_users_file(tmp_path):
     assert len(_texts(clients[0].train + clients[1].train)) == 20
 
 
+def test_public_client_holds_only_pii_free_text_of_its_own():
+    # Prepare
+    cfg = DataConfig(source="public", pii_records=30, val_per_client=6, test_per_client=6)
+
+    # Execute
+    first, second = build_client_data(cfg, 0, 2, seed=0), build_client_data(cfg, 1, 2, seed=0)
+    private = build_client_data(DataConfig(source="pii", pii_records=30, val_per_client=6,
+                                           test_per_client=6), 0, 2, seed=0)
+
+    # Assert: no PII, no canary; held-out sentences apart from training; drawn per client
+    assert (len(first.train), len(first.validation), len(first.test)) == (30, 6, 6)
+    assert all(r["private_spans"] == [] for r in first.train + first.validation + first.test)
+    assert first.canaries == [] and first.heldout_canaries == []
+    held_out = {record_text(r) for r in first.validation + first.test}
+    assert held_out.isdisjoint(record_text(r) for r in first.train)
+    assert [record_text(r) for r in first.train] != [record_text(r) for r in second.train]
+    assert not {record_text(r) for r in first.train} & {
+        record_text(r) for r in private.train if r["private_spans"]}
+
+
 @pytest.mark.parametrize("source", ["tasks", "pii"])
 def test_server_data_holds_no_private_text(source):
     # Prepare

@@ -139,3 +139,17 @@ def test_public_corpus_is_distinct_and_free_of_pii():
     assert len(set(texts)) == n
     assert all(r["private_spans"] == [] and r["task"] == "public" for r in records)
     assert not any("@" in t or re.search(r"\d", t) for t in texts)
+
+
+def test_most_repeated_private_records_come_first():
+    # Prepare: rows 1 and 3 are one record seen twice, row 4 three times; row 2 has no private token
+    import torch
+
+    from fedprivacy.privacy.depn import most_repeated_records
+
+    ids = torch.tensor([[1, 2], [3, 4], [5, 6], [3, 4], [7, 8], [7, 8], [7, 8], [9, 9]])
+    private = torch.tensor([[1, 0], [0, 1], [0, 0], [0, 1], [1, 1], [1, 1], [1, 1], [0, 1]]).bool()
+    # Execute / Assert
+    assert most_repeated_records(ids, private, 10) == [4, 1, 0, 7]
+    assert most_repeated_records(ids, private, 2) == [4, 1]
+    assert most_repeated_records(ids, torch.zeros_like(private), 5) == []

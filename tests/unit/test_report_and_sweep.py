@@ -1,10 +1,11 @@
 """Run folder records, checkpoints and sweep expansion/aggregation."""
 
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedprivacy.config import ConfigError
+from fedprivacy.config import ConfigError, load_config
 from fedprivacy.report import RunFolder, flatten_dict, summary_markdown
 from fedprivacy.simulations.sweep import aggregate, load_sweep, results_markdown, write_results
 
@@ -103,3 +104,40 @@ def test_improvement_over_baseline_counts_tasks_and_rates():
         ((0.75 - 0.5) / 0.5 + (0.6 - 0.8) / 0.8) / 2)
     assert table["local"]["improvement_rate"] == 0.0
     assert "| f | 0.750 | 0.600 | 0.675 | 50% | +12.5% |" in improvement_markdown(table, "local")
+
+
+def test_change_against_baseline_and_tradeoff_plot(tmp_path):
+    # Prepare: b halves a's exposure at 10 % more perplexity
+    rows = [{"variant": "a", "seed": 0, "ppl": 2.0, "exposure": 10.0},
+            {"variant": "b", "seed": 0, "ppl": 2.2, "exposure": 4.0},
+            {"variant": "b", "seed": 1, "ppl": 2.2, "exposure": 6.0}]
+    # Execute
+    write_results(tmp_path, rows, ["ppl", "exposure"], baseline="a", tradeoff=["ppl", "exposure"])
+    text = (tmp_path / "results.md").read_text()
+    # Assert
+    assert "Change against `a`" in text
+    assert "| b | +10.0% | -50.0% |" in text and "| a | +0.0% | +0.0% |" in text
+    assert "Per-task scores" not in text  # no task columns, no per-task table
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+
+
+def test_a_tradeoff_needs_two_metrics(tmp_path):
+    # Prepare
+    path = _sweep_file(tmp_path, "tradeoff: [final.eval_loss]\n")
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="tradeoff: two metrics"):
+        load_sweep(path)
+
+
+def test_every_shipped_config_and_reproduction_sweep_validates():
+    # Prepare
+    root = Path(__file__).resolve().parents[2] / "configs"
+    configs = sorted(p for p in root.glob("*.yaml"))
+    sweeps = sorted((root / "reproduce").glob("*.yaml"))
+    # Execute: a bad key or value raises, naming the file or the run
+    loaded = [load_config(p) for p in configs]
+    runs = [load_sweep(p) for p in sweeps]
+    # Assert
+    assert {p.stem for p in sweeps} >= {"privacy", "dp", "fewfedweight"}
+    assert all(cfg.name for cfg in loaded)
+    assert all(sweep.runs and sweep.metrics for sweep in runs)

@@ -147,6 +147,38 @@ def test_higher_epsilon_gives_less_noise(noise):
     assert scales[0] == pytest.approx(2 * scales[1])
 
 
+def test_noise_on_private_leaves_public_soft_targets_clean_and_noises_private_ones():
+    # Prepare: token 1 is private (p = 1), tokens 0 and 2 public (p = 0)
+    torch.manual_seed(4)
+    student, teacher = torch.randn(1, 4, 12), torch.randn(1, 4, 12)
+    labels = torch.randint(12, (1, 4))
+    likelihood = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    private_only = SwingConfig(noise="gaussian", epsilon=1.0, noise_on="private")
+    everywhere = SwingConfig(noise="gaussian", epsilon=1.0, noise_on="all")
+    temps = torch.ones(1, 3)
+    clean = torch.softmax(teacher[:, :-1], -1)
+    # Execute
+    weight = likelihood[:, 1:]
+    on_private = swing.noisy_soft_targets(teacher[:, :-1], temps, private_only,
+                                          torch.Generator().manual_seed(0), weight)
+    on_all = swing.noisy_soft_targets(teacher[:, :-1], temps, everywhere, torch.Generator().manual_seed(0))
+    # Assert: public positions (0 and 2) keep the teacher's targets exactly, the private one moves
+    assert torch.allclose(on_private[0, [0, 2]], clean[0, [0, 2]], atol=1e-6)
+    assert (on_private[0, 1] - clean[0, 1]).abs().sum() > 0.1
+    assert torch.allclose(on_private[0, 1], on_all[0, 1], atol=1e-6)  # same draw where p = 1
+    assert (on_all[0, [0, 2]] - clean[0, [0, 2]]).abs().sum() > 0.1
+    # and the loss sees it: with the same seed, private-only noise leaves public KL terms intact
+    loss_private = swing.swing_distillation_loss(student, teacher, labels, torch.ones(1, 4), private_only,
+                                                 torch.Generator().manual_seed(0), likelihood)
+    reference = slow_distillation_loss(student, on_private, labels, torch.ones(1, 4), 0.5, 1 - likelihood)
+    assert loss_private.item() == pytest.approx(reference, rel=1e-5)
+
+
+def test_noise_on_must_be_a_known_place():
+    with pytest.raises(ValueError, match="noise_on"):
+        SwingConfig(noise_on="public").validate()
+
+
 def test_high_temperature_flattens_private_targets():
     # Prepare: a confident teacher; token 1 private (T = 20), token 0 public (T = 1)
     logits = torch.tensor([[[8.0, 0.0, 0.0, 0.0], [8.0, 0.0, 0.0, 0.0]]])
