@@ -5,7 +5,8 @@ records and the run's ``client.depn`` settings (as ``client.depn`` would after t
 ``--max-records`` replaces the run's record count), the guard off so that z alone moves; the
 union of the clients' top-z neurons is zeroed (as the server's `NeuronEditMerge` does), and the
 canaries' exact exposure, extraction and the server's held-out perplexity are measured. One
-more row per run applies the guard (``client.depn.utility_budget``) at the run's own ``top_z``.
+more row per run applies the guard (``client.depn.utility_budget``) to the top ``top_z``
+(the run's, or ``--top-z``): z chosen by the client's validation loss, not by the canaries.
 z = 0 is the run as it ended.
 
     python scripts/depn_z_curve.py runs/reproduce-privacy/fedavg-seed0 \\
@@ -119,10 +120,12 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="finished privacy run folders")
     parser.add_argument("--z", nargs="+", type=int, default=[0, 5, 10, 20, 40, 80])
     parser.add_argument("--max-records", type=int, help="client.depn.max_records (default: the run's)")
+    parser.add_argument("--top-z", type=int, help="client.depn.top_z of the guarded row (default: the run's)")
     parser.add_argument("--out", type=Path, help="folder for z_curve.md/.json/.png")
     args = parser.parse_args()
     torch.manual_seed(0)
-    overrides = {} if args.max_records is None else {"max_records": args.max_records}
+    overrides = {key: value for key, value in (("max_records", args.max_records),
+                                               ("top_z", args.top_z)) if value is not None}
     rows = [row for run in args.runs for row in curve(run, args.z, overrides)]
     text = table(rows)
     print(text)
