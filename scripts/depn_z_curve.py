@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import statistics
 from pathlib import Path
@@ -33,7 +32,7 @@ from fedprivacy.data.records import derive_seed
 from fedprivacy.evaluation import evaluate_loss, perplexity, server_eval_set
 from fedprivacy.methods.depn import METHOD as DEPN
 from fedprivacy.models import load_pretrained, load_tokenizer
-from fedprivacy.privacy.depn import PrivacyNeurons, client_privacy_neurons, guard_utility
+from fedprivacy.privacy.depn import PrivacyNeurons, client_privacy_neurons, guard_held_out
 from fedprivacy.privacy.ledger import canary_leakage
 
 
@@ -65,9 +64,8 @@ def curve(run: Path, zs: list[int], overrides: dict[str, int]) -> list[dict[str,
         found = client_privacy_neurons(model, train, held_out, loose, cfg.train.batch_size, seed)[0]
         ranked.append(found.neurons)
         top = PrivacyNeurons(found.neurons[:settings.top_z])
-        loss_of = functools.partial(lambda held: evaluate_loss(model, held, cfg.train.batch_size)[0],
-                                    held_out)
-        guarded.append(guard_utility(model, top, loss_of, settings.utility_budget).neurons)
+        guarded.append(guard_held_out(model, top, held_out, settings.utility_budget,
+                                      cfg.train.batch_size).neurons)
     rows = []
     for label, union in [(str(z), {n for r in ranked for n in r[:z]}) for z in zs] + [
             (f"{settings.top_z}, guarded", {n for g in guarded for n in g})]:

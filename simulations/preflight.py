@@ -18,6 +18,7 @@ from fedprivacy import adapters
 from fedprivacy.config import ConfigError, ExperimentConfig
 from fedprivacy.data.encoding import encode_records
 from fedprivacy.data.federated import (
+    CORPUS_SOURCES,
     ClientData,
     DataConfig,
     build_client_data,
@@ -47,7 +48,7 @@ def _source_key(cfg: DataConfig) -> str:
     """The key to blame for clients left without records."""
     if cfg.source == "files":
         return f"data.path ({cfg.path})"
-    if cfg.source in ("pii", "public"):
+    if cfg.source in CORPUS_SOURCES:
         return "data.pii_records"
     if cfg.partition == "dirichlet":
         return f"data.dirichlet_alpha={cfg.dirichlet_alpha} (data.partition=dirichlet)"

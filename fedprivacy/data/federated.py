@@ -19,6 +19,7 @@ from fedprivacy.data.records import Record, derive_seed
 from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
 
 SOURCES = ("tasks", "pii", "public", "files", "facts", "concepts")
+CORPUS_SOURCES = ("pii", "public")  # each client generates its own corpus (any partition)
 
 
 @dataclass
@@ -138,29 +139,28 @@ def _task_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
     return ClientData(splits["train"], splits["validation"], splits["test"], task=spec)
 
 
+def _public_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record], list[Record]]:
+    """``pii_records`` PII-free sentences to train on, then the validation and test ones."""
+    n_held_out = cfg.val_per_client + cfg.test_per_client
+    public = public_corpus(cfg.pii_records + n_held_out, seed)
+    held_out = public[:n_held_out]
+    return public[n_held_out:], held_out[: cfg.val_per_client], held_out[cfg.val_per_client :]
+
+
 def _pii_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
     """Client i's text: ``pii_records`` PII sentences with its canaries, mixed with as many
     ordinary (public-style) sentences; validation/test are held-out PII-free sentences."""
     canaries = make_canaries(cfg.canary.count, cfg.canary.digits, seed, partition_id)
     private = pii_corpus(cfg.pii_records, canaries, cfg.canary.repeats, derive_seed(seed, "pii", partition_id))
-    n_held_out = cfg.val_per_client + cfg.test_per_client
-    public = public_corpus(cfg.pii_records + n_held_out, derive_seed(seed, "public", partition_id))
-    train, held_out = private + public[n_held_out:], public[:n_held_out]
+    public, validation, test = _public_splits(cfg, derive_seed(seed, "public", partition_id))
     unseen = heldout_canaries(cfg.canary.heldout, cfg.canary.digits, seed, partition_id, canaries)
-    return ClientData(train, held_out[: cfg.val_per_client], held_out[cfg.val_per_client :],
-                      canaries=canaries, heldout_canaries=unseen)
+    return ClientData(private + public, validation, test, canaries=canaries, heldout_canaries=unseen)
 
 
 def _public_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
-    """Client i's PII-free text alone: ``pii_records`` public sentences, then the validation and
-    test sentences, drawn with a seed of its own (a public corpus to pretrain on before the
-    private fine-tuning of ``pii``; no PII, no canary)."""
-    n_held_out = cfg.val_per_client + cfg.test_per_client
-    public = public_corpus(cfg.pii_records + n_held_out,
-                           derive_seed(seed, "public-pretraining", partition_id))
-    held_out = public[:n_held_out]
-    return ClientData(public[n_held_out:], held_out[: cfg.val_per_client],
-                      held_out[cfg.val_per_client :])
+    """Client i's PII-free text alone, drawn with a seed of its own (a public corpus to pretrain
+    on before the private fine-tuning of ``pii``; no PII, no canary)."""
+    return ClientData(*_public_splits(cfg, derive_seed(seed, "public-pretraining", partition_id)))
 
 
 def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int) -> ClientData:
@@ -200,7 +200,7 @@ def node_file_client_data(cfg: DataConfig, path: str, seed: int,
 
 def is_pooled(cfg: DataConfig) -> bool:
     """Whether clients cut their data from one shared pool (files, tasks + iid/dirichlet)."""
-    return not (cfg.source in ("pii", "public")
+    return not (cfg.source in CORPUS_SOURCES
                 or (cfg.source == "tasks" and cfg.partition == "by_task")
                 or is_node_local(cfg))
 

@@ -253,8 +253,6 @@ def client_privacy_neurons(
     records (contrast tokens from its own private tokens), then the utility guard on its
     PII-free ``held_out`` text unless ``utility_budget`` is inf. Returns the neurons, how many
     were detected before the guard and how many records voted; the model is left unedited."""
-    from fedprivacy.evaluation import evaluate_loss
-
     chosen = most_repeated_records(train_set["input_ids"], train_set["private_mask"],
                                    settings.max_records)
     if not chosen:
@@ -268,12 +266,20 @@ def client_privacy_neurons(
         contrast=settings.contrast,
         token_pool=train_set["input_ids"][train_set["private_mask"]].unique(),
         generator=torch.Generator().manual_seed(seed))
-    detected = len(neurons.neurons)
-    if not math.isinf(settings.utility_budget) and len(held_out["input_ids"]):
-        neurons = guard_utility(model, neurons,
-                                lambda: evaluate_loss(model, held_out, batch_size)[0],
-                                settings.utility_budget)
-    return neurons, detected, len(chosen)
+    return guard_held_out(model, neurons, held_out, settings.utility_budget, batch_size), \
+        len(neurons.neurons), len(chosen)
+
+
+def guard_held_out(model: nn.Module, neurons: PrivacyNeurons, held_out: dict[str, torch.Tensor],
+                   budget: float, batch_size: int) -> PrivacyNeurons:
+    """`guard_utility` with the loss on the encoded PII-free ``held_out`` text; the neurons
+    unchanged when ``budget`` is inf or there is no held-out text."""
+    from fedprivacy.evaluation import evaluate_loss
+
+    if math.isinf(budget) or not len(held_out["input_ids"]):
+        return neurons
+    return guard_utility(model, neurons, lambda: evaluate_loss(model, held_out, batch_size)[0],
+                         budget)
 
 
 def neuron_ids(neurons: Iterable[tuple[int, int]], d_ff: int) -> list[int]:
