@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedprivacy.methods.registry import Method, check, register
+from fedprivacy.methods.registry import Method, check, check_choice, register
 
 NEURONS_KEY = "depn.neurons"  # train-reply metric: the zeroed neurons' flat ids
 UNION_KEY = "depn_neurons"  # per-round server record: the union zeroed in the aggregate
+WHEN = ("every", "last")
 
 
 @dataclass
@@ -33,8 +34,11 @@ class DEPNConfig:
         "help": "counterfactuals per record (private tokens resampled) whose attribution is "
                 "subtracted; 0 = the paper's plain attribution"})
     utility_budget: float = field(default=0.05, metadata={
-        "help": "relative loss increase on the client's PII-free validation text the zeroed "
-                "neurons may cost (neurons beyond it are dropped); .inf = no guard"})
+        "help": "relative perplexity increase on the client's PII-free validation text the "
+                "zeroed neurons may cost (neurons beyond it are dropped); .inf = no guard"})
+    when: str = field(default="every", metadata={
+        "help": "rounds whose update is edited: every | last (only the last round's, as the "
+                "paper edits the trained model once)"})
 
     def validate(self) -> None:
         check(self.top_z >= 1, "top_z", "must be >= 1", self.top_z)
@@ -45,15 +49,19 @@ class DEPNConfig:
         check(self.contrast >= 0, "contrast", "must be >= 0", self.contrast)
         check(self.utility_budget >= 0, "utility_budget", "must be >= 0 (.inf: no guard)",
               self.utility_budget)
+        check_choice(self.when, "when", WHEN)
 
 
 def depn_step(job: Any) -> dict[str, float | list[int]]:
     """Detect privacy neurons on the client's private records, keep those within the utility
-    budget on its PII-free validation text, and zero them before sending."""
+    budget on its PII-free validation text, and zero them before sending; with ``when: last``
+    only in the run's last round (earlier updates leave unedited and declare no neurons)."""
     from fedprivacy import adapters, sites
     from fedprivacy.privacy.depn import apply_depn, client_privacy_neurons, neuron_ids
 
     settings: DEPNConfig = job.settings(METHOD)
+    if settings.when == "last" and job.server_round < job.cfg.rounds:
+        return {"edited": 0.0, "detected": 0.0, "records": 0.0, "neurons": []}
     model = adapters.base_of(job.model)  # with an adapter: its base's down projections
     neurons, detected, records = client_privacy_neurons(
         model, job.res.train_set, job.res.val_set, settings, job.cfg.train.batch_size, job.seed)

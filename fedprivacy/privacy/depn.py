@@ -19,7 +19,8 @@ Two additions of this project's, both off in the paper's setting (``contrast=0``
   from ``token_pool`` (other private tokens of the client); a neuron that carries the memorised
   secret scores high on X only.
 - Utility guard (after step 3): `guard_utility` keeps the ranked neurons one at a time while the
-  loss on PII-free text with the kept ones zeroed stays within (1 + budget) × the unedited loss.
+  perplexity on PII-free text with the kept ones zeroed stays within (1 + budget) × the
+  unedited perplexity (loss ≤ unedited loss + ln(1 + budget)).
 """
 
 from __future__ import annotations
@@ -201,10 +202,10 @@ def detect_privacy_neurons(
 def guard_utility(
     model: nn.Module, neurons: PrivacyNeurons, loss_of: Callable[[], float], budget: float
 ) -> PrivacyNeurons:
-    """Keep the ranked neurons one at a time while ``loss_of()`` (a held-out loss on PII-free
-    text) with the kept ones zeroed stays ≤ (1 + budget) × its unedited value; a neuron whose
-    addition breaks the budget is dropped. The model is left unedited."""
-    limit = (1 + budget) * loss_of()
+    """Keep the ranked neurons one at a time while the perplexity exp(``loss_of()``) (a held-out
+    loss on PII-free text) with the kept ones zeroed stays ≤ (1 + budget) × its unedited value;
+    a neuron whose addition breaks the budget is dropped. The model is left unedited."""
+    limit = loss_of() + math.log1p(budget)
     kept: list[Neuron] = []
     for neuron in neurons.neurons:
         handle = apply_depn(model, PrivacyNeurons(kept + [neuron]))

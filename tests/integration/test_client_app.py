@@ -67,6 +67,19 @@ def test_each_pipeline_trains_and_reports(steps):
         assert len(metrics["depn.neurons"]) == metrics["depn.edited"]
 
 
+def test_depn_when_last_edits_only_the_last_rounds_update():
+    # Prepare: a 2-round run whose clients edit only after the last round
+    _, context, arrays = _setup(PII + ["client.pipeline=[sft,depn]", "client.depn.when=last",
+                                       "rounds=2"])
+    # Execute
+    first = client_app.train(_message(arrays, server_round=1), context).content["metrics"]
+    last = client_app.train(_message(arrays, server_round=2), context).content["metrics"]
+    # Assert: round 1 declares nothing and detects nothing; round 2 edits as `every` would
+    assert first["depn.edited"] == first["depn.detected"] == 0 and first["depn.neurons"] == []
+    assert 0 < last["depn.edited"] <= 5
+    assert len(last["depn.neurons"]) == last["depn.edited"]
+
+
 def test_dp_epsilon_composes_over_rounds_in_the_context():
     # Prepare
     _, context, arrays = _setup(PII + ["client.pipeline=[dp_sgd]"])
