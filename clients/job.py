@@ -109,6 +109,12 @@ class ClientJob:
         Known to the server: never use it for privacy noise (`secret_generator`)."""
         return derive_seed(self.cfg.seed, "client", self.server_round, self.partition_id) % 2**31
 
+    @property
+    def last_round(self) -> bool:
+        """This message is of the run's last round (the rounds the server plans, sent in the
+        message config; the run config's where a message carries none)."""
+        return self.server_round >= int(self.config.get(wire.NUM_ROUNDS, self.cfg.rounds))
+
     def settings(self, method: Method) -> Any:
         """The settings section of ``method`` in this run's config."""
         return method.settings_of(self.cfg)

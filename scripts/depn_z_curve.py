@@ -6,7 +6,7 @@ records and the run's ``client.depn`` settings (as ``client.depn`` would after t
 union of the clients' top-z neurons is zeroed (as the server's `NeuronEditMerge` does), and the
 canaries' exact exposure, extraction and the server's held-out perplexity are measured. One
 more row per run applies the guard (``client.depn.utility_budget``) to the top ``top_z``
-(the run's, or ``--top-z``): z chosen by the client's validation loss, not by the canaries.
+(the run's, or ``--top-z``): z chosen by the client's validation perplexity, not by the canaries.
 z = 0 is the run as it ended.
 
     python scripts/depn_z_curve.py runs/reproduce-privacy/fedavg-seed0 \\

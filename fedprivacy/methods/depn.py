@@ -38,7 +38,8 @@ class DEPNConfig:
                 "zeroed neurons may cost (neurons beyond it are dropped); .inf = no guard"})
     when: str = field(default="every", metadata={
         "help": "rounds whose update is edited: every | last (only the last round's, as the "
-                "paper edits the trained model once)"})
+                "paper edits the trained model once; the server then receives the earlier "
+                "rounds' updates unedited)"})
 
     def validate(self) -> None:
         check(self.top_z >= 1, "top_z", "must be >= 1", self.top_z)
@@ -60,7 +61,7 @@ def depn_step(job: Any) -> dict[str, float | list[int]]:
     from fedprivacy.privacy.depn import apply_depn, client_privacy_neurons, neuron_ids
 
     settings: DEPNConfig = job.settings(METHOD)
-    if settings.when == "last" and job.server_round < job.cfg.rounds:
+    if settings.when == "last" and not job.last_round:
         return {"edited": 0.0, "detected": 0.0, "records": 0.0, "neurons": []}
     model = adapters.base_of(job.model)  # with an adapter: its base's down projections
     neurons, detected, records = client_privacy_neurons(

@@ -68,12 +68,15 @@ def test_each_pipeline_trains_and_reports(steps):
 
 
 def test_depn_when_last_edits_only_the_last_rounds_update():
-    # Prepare: a 2-round run whose clients edit only after the last round
+    # Prepare: clients that edit only after the last round; the server's messages plan 2 rounds
+    # (num-rounds), which the client follows over its run config's 4
     _, context, arrays = _setup(PII + ["client.pipeline=[sft,depn]", "client.depn.when=last",
-                                       "rounds=2"])
+                                       "rounds=4"])
     # Execute
-    first = client_app.train(_message(arrays, server_round=1), context).content["metrics"]
-    last = client_app.train(_message(arrays, server_round=2), context).content["metrics"]
+    first = client_app.train(_message(arrays, server_round=1, **{"num-rounds": 2}),
+                             context).content["metrics"]
+    last = client_app.train(_message(arrays, server_round=2, **{"num-rounds": 2}),
+                            context).content["metrics"]
     # Assert: round 1 declares nothing and detects nothing; round 2 edits as `every` would
     assert first["depn.edited"] == first["depn.detected"] == 0 and first["depn.neurons"] == []
     assert 0 < last["depn.edited"] <= 5
