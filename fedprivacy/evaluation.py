@@ -28,15 +28,37 @@ from fedprivacy.lm import (
 Batch = dict[str, torch.Tensor]
 
 
-def server_eval_set(cfg: Any, tokenizer: PreTrainedTokenizerBase) -> Batch:
-    """The server's own evaluation set (``server.*``, never a client's data), encoded."""
-    from fedprivacy.data.encoding import encode_records
+def server_records(cfg: Any, role: str = "server") -> list[Record]:
+    """The server's own records (``server.*``, never a client's data); ``role`` ``server`` is
+    its evaluation set, another role a set drawn with its own seed."""
     from fedprivacy.data.federated import build_server_data
 
     sc = cfg.server
-    records = build_server_data(cfg.data, sc.eval_source, sc.eval_path, sc.eval_records,
-                                cfg.simulation.num_clients, cfg.seed)
-    return encode_records(tokenizer, records, cfg.data.max_length, on_overflow="truncate")
+    return build_server_data(cfg.data, sc.eval_source, sc.eval_path, sc.eval_records,
+                             cfg.simulation.num_clients, cfg.seed, role)
+
+
+def server_eval_set(cfg: Any, tokenizer: PreTrainedTokenizerBase) -> Batch:
+    """The server's own evaluation set, encoded."""
+    from fedprivacy.data.encoding import encode_records
+
+    return encode_records(tokenizer, server_records(cfg), cfg.data.max_length,
+                          on_overflow="truncate")
+
+
+def server_dev_set(cfg: Any, tokenizer: PreTrainedTokenizerBase, key: str) -> Batch:
+    """A server dev set for a setting the server tunes (``key`` names it): drawn like the eval
+    set with its own seed, without any record the eval set holds, encoded. The reported eval
+    figures therefore never choose a setting."""
+    from fedprivacy.data.encoding import encode_records
+
+    held = {(r["prompt"], r["completion"]) for r in server_records(cfg)}
+    dev = [r for r in server_records(cfg, "server-dev") if (r["prompt"], r["completion"]) not in held]
+    if not dev:
+        raise ValueError(f"{key}: the server has no dev text apart from its eval set "
+                         f"(server.eval_source={cfg.server.eval_source!r}); use a generated "
+                         "source (auto, public, tasks)")
+    return encode_records(tokenizer, dev, cfg.data.max_length, on_overflow="truncate")
 
 
 @torch.no_grad()

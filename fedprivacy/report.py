@@ -274,13 +274,15 @@ def summarize(cfg: ExperimentConfig, rounds: list[dict[str, Any]], started: floa
     return summary
 
 
-TASK_SCORES = {"tasks": "train.test_score", "tasks_global": "evaluate.accuracy"}
+TASK_SCORES = {"tasks": "train.test_score", "tasks_val": "train.val_score",
+               "tasks_global": "evaluate.accuracy"}
 
 
 def task_scores(cfg: ExperimentConfig, record: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per task (one task per client: ``data.partition=by_task``), the mean over its clients of
-    ``tasks``: the client's own model after local training, on its test split, and
-    ``tasks_global``: the global model's validation accuracy."""
+    ``tasks``: the client's own model after local training, on its test split (``tasks_val``:
+    on its validation split, for choosing settings), and ``tasks_global``: the global model's
+    validation accuracy."""
     if cfg.data.source != "tasks" or cfg.data.partition != "by_task":
         return {}
     names = task_names(cfg.data)

@@ -56,7 +56,7 @@ def curve(run: Path, zs: list[int], overrides: dict[str, int]) -> list[dict[str,
     eval_set = server_eval_set(cfg, tokenizer)
     settings = dataclasses.replace(DEPN.settings_of(cfg), **overrides)
     loose = dataclasses.replace(settings, top_z=max(zs + [settings.top_z]),
-                                utility_budget=float("inf"))
+                                utility_budget=-1.0)
     ranked, guarded = [], []
     for i, data in enumerate(clients):
         seed = derive_seed(cfg.seed, "client", cfg.rounds, i) % 2**31

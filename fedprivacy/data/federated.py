@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from fedprivacy.data.concept_world import ConceptWorld, ConceptWorldConfig
@@ -15,11 +16,11 @@ from fedprivacy.data.pii import (
     pii_corpus,
     public_corpus,
 )
-from fedprivacy.data.records import Record, derive_seed
+from fedprivacy.data.records import Record, derive_seed, make_record
 from fedprivacy.data.tasks import TASKS, TaskSpec, get_task, task_splits
 
-SOURCES = ("tasks", "pii", "public", "files", "facts", "concepts")
-CORPUS_SOURCES = ("pii", "public")  # each client generates its own corpus (any partition)
+SOURCES = ("tasks", "pii", "public", "task_text", "files", "facts", "concepts")
+CORPUS_SOURCES = ("pii", "public", "task_text")  # each client generates its own corpus (any partition)
 
 
 @dataclass
@@ -35,7 +36,8 @@ NODE_DATA_KEY = "data-path"  # a SuperNode's --node-config key that names its ow
 
 @dataclass
 class DataConfig:
-    # tasks | pii | public (pii's PII-free half only: public pretraining) | files |
+    # tasks | pii | public (pii's PII-free half only: public pretraining) | task_text (the
+    # tasks' prompts without answers: unlabelled pretraining text) | files |
     # facts (data.conflicts) | concepts (data.concept_world)
     source: str = "tasks"
     tasks: list[str] = field(default_factory=list)   # empty = all tasks in TASKS order
@@ -163,13 +165,33 @@ def _public_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
     return ClientData(*_public_splits(cfg, derive_seed(seed, "public-pretraining", partition_id)))
 
 
+def task_text(cfg: DataConfig, n: int, seed: int) -> list[Record]:
+    """``n`` unlabelled texts of the configured tasks, split evenly over them: each a task's
+    prompt (instruction, input, the answer cue) as the text to model, without its answer."""
+    names = task_names(cfg)
+    share, extra = divmod(n, len(names))
+    return [make_record("", r["prompt"], f"{name}-text") for t, name in enumerate(names)
+            for r in get_task(name).generate(share + (t < extra), derive_seed(seed, "task-text"))]
+
+
+def _task_text_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
+    """Client i's unlabelled task text, drawn with a seed of its own and shuffled, cut into
+    ``train_per_client`` texts, then its validation and test ones: pretraining text that holds
+    no label."""
+    n_train, n_val = cfg.train_per_client, cfg.val_per_client
+    client_seed = derive_seed(seed, "task-text-client", partition_id)
+    texts = task_text(cfg, n_train + n_val + cfg.test_per_client, client_seed)
+    random.Random(client_seed).shuffle(texts)
+    return ClientData(texts[:n_train], texts[n_train:n_train + n_val], texts[n_train + n_val:])
+
+
 def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int) -> ClientData:
     """The data of client `partition_id`: identical for identical arguments in any process.
 
     tasks + by_task: task `tasks[i mod T]`, generated for this client alone. tasks + iid/dirichlet
     and files: one pool partitioned across clients, this client's part cut into train/validation/
     test in the configured ratio (`task` is None). pii: its own corpus and canaries (any partition);
-    public: its own PII-free sentences.
+    public: its own PII-free sentences; task_text: its own unlabelled task prompts.
     """
     _check(cfg, partition_id, num_partitions)
     if cfg.source == "files" and cfg.node_paths:
@@ -179,6 +201,8 @@ def build_client_data(cfg: DataConfig, partition_id: int, num_partitions: int, s
         return _pii_client(cfg, partition_id, seed)
     if cfg.source == "public":
         return _public_client(cfg, partition_id, seed)
+    if cfg.source == "task_text":
+        return _task_text_client(cfg, partition_id, seed)
     if cfg.source == "tasks" and cfg.partition == "by_task":
         return _task_client(cfg, partition_id, seed)
     return pooled_client_data(cfg, num_partitions, seed)[partition_id]
@@ -227,10 +251,12 @@ def server_tasks(cfg: DataConfig, num_partitions: int) -> list[str]:
 
 
 def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_partitions: int,
-                      seed: int) -> list[Record]:
-    """The server's own held-out set: never a client's data (`ServerConfig`).
+                      seed: int, role: str = "server") -> list[Record]:
+    """The server's own held-out set: never a client's data (`ServerConfig`). ``role`` names
+    the set in the seed (``server``: the eval set; another role draws another set).
 
-    ``tasks``: ``n`` examples of the clients' tasks generated with the server's own seed;
+    ``tasks``: ``n`` examples of the clients' tasks generated with the server's own seed
+    (with ``data.source=task_text``: their unlabelled prompts);
     ``public``: ``n`` generated PII-free sentences; ``file``: the records of ``path`` (a file
     only the server reads, with the data section's field names); ``auto``: ``tasks`` for
     ``data.source=tasks``, the fact world's text drawn with the server's seed for
@@ -238,8 +264,8 @@ def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_parti
     emotion world's for ``data.source=concepts``, else ``public``.
     """
     if source == "auto":
-        source = cfg.source if cfg.source in ("tasks", "facts", "concepts") else "public"
-    server_seed = derive_seed(seed, "server")
+        source = cfg.source if cfg.source in ("tasks", "task_text", "facts", "concepts") else "public"
+    server_seed = derive_seed(seed, role)
     if source == "facts":
         return FactWorld.build(cfg.facts.entities, seed).corpus(n, cfg.facts, server_seed)
     if source == "concepts":
@@ -249,6 +275,8 @@ def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_parti
                             cfg.text_field, key="server.eval_path")
     if source == "public":
         return public_corpus(n, server_seed)
+    if source == "task_text":
+        return task_text(cfg, n, server_seed)
     names = server_tasks(cfg, num_partitions)
     share, extra = divmod(n, len(names))
     return [r for t, name in enumerate(names)

@@ -2,7 +2,10 @@
 
 Every task draws its input from a combinatorial space, so splits of distinct examples exist, while
 the rule (a word list lookup, a digit, a comparison, a copy) is learnable by a tiny model. Label
-spaces are pairwise disjoint, so a model trained on one task does not answer another.
+spaces are pairwise disjoint, so a model trained on one task does not answer another. `TASKS`'
+texts train the tokenizer (`fedprivacy.data.tokenizer`); the task families of
+`fedprivacy.data.families` are looked up by `get_task` too but stay out of that corpus, so that
+adding tasks does not change every model's tokenizer.
 """
 
 from __future__ import annotations
@@ -235,10 +238,14 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def get_task(name: str) -> TaskSpec:
-    """The task called `name`; the error lists the valid names."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+    """The task called `name`, in `TASKS` or a family's (`fedprivacy.data.families`); the error
+    lists the valid names."""
+    from fedprivacy.data.families import FAMILY_TASKS  # the families build on this module
+
+    spec = TASKS.get(name) or FAMILY_TASKS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join([*TASKS, *FAMILY_TASKS])}")
+    return spec
 
 
 def task_splits(name: str, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[Record]]:

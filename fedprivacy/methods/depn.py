@@ -2,10 +2,11 @@
 
 Client: after local training, detect the privacy neurons of the client's private records and
 zero them before the update leaves; declare their ids (``depn.neurons``: layer·d_ff + index,
-metadata about the model, no data). Server: `NeuronEditMerge` zeroes the union of the declared
-neurons in the aggregate (averaging would bring a zeroed column back to (n−1)/n of its size;
-the project's choice, DEPN itself is centralised), and the saved global model records exactly
-the last round's union (`finish`).
+metadata about the model, no data, best ranked first). Server: `NeuronEditMerge` zeroes the
+union of the declared neurons in the aggregate (averaging would bring a zeroed column back to
+(n−1)/n of its size; the project's choice, DEPN itself is centralised), with ``union_budget``
+only the part of it that the server's own PII-free dev text says is affordable; the saved
+global model records exactly the last round's union (`finish`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from fedprivacy.methods.registry import Method, check, check_choice, register
 
-NEURONS_KEY = "depn.neurons"  # train-reply metric: the zeroed neurons' flat ids
+NEURONS_KEY = "depn.neurons"  # train-reply metric: the zeroed neurons' flat ids, best first
 UNION_KEY = "depn_neurons"  # per-round server record: the union zeroed in the aggregate
 WHEN = ("every", "last")
 
@@ -35,11 +36,15 @@ class DEPNConfig:
                 "subtracted; 0 = the paper's plain attribution"})
     utility_budget: float = field(default=0.05, metadata={
         "help": "relative perplexity increase on the client's PII-free validation text the "
-                "zeroed neurons may cost (neurons beyond it are dropped); .inf = no guard"})
+                "zeroed neurons may cost (neurons beyond it are dropped); negative = no guard"})
     when: str = field(default="every", metadata={
         "help": "rounds whose update is edited: every | last (only the last round's, as the "
                 "paper edits the trained model once; the server then receives the earlier "
                 "rounds' updates unedited)"})
+    union_budget: float = field(default=-1.0, metadata={
+        "help": "relative perplexity increase on the server's own PII-free dev text (disjoint "
+                "from its eval text) the merged union may cost: the server keeps the clients' "
+                "neurons in rank order, round robin, while it holds; negative = no server guard"})
 
     def validate(self) -> None:
         check(self.top_z >= 1, "top_z", "must be >= 1", self.top_z)
@@ -48,8 +53,6 @@ class DEPNConfig:
               self.threshold_ratio)
         check(self.max_records >= 1, "max_records", "must be >= 1", self.max_records)
         check(self.contrast >= 0, "contrast", "must be >= 0", self.contrast)
-        check(self.utility_budget >= 0, "utility_budget", "must be >= 0 (.inf: no guard)",
-              self.utility_budget)
         check_choice(self.when, "when", WHEN)
 
 

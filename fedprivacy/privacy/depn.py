@@ -252,7 +252,7 @@ def client_privacy_neurons(
 ) -> tuple[PrivacyNeurons, int, int]:
     """A client's privacy neurons: detection on its ``max_records`` most repeated private
     records (contrast tokens from its own private tokens), then the utility guard on its
-    PII-free ``held_out`` text unless ``utility_budget`` is inf. Returns the neurons, how many
+    PII-free ``held_out`` text unless ``utility_budget`` is negative. Returns the neurons, how many
     were detected before the guard and how many records voted; the model is left unedited."""
     chosen = most_repeated_records(train_set["input_ids"], train_set["private_mask"],
                                    settings.max_records)
@@ -274,18 +274,36 @@ def client_privacy_neurons(
 def guard_held_out(model: nn.Module, neurons: PrivacyNeurons, held_out: dict[str, torch.Tensor],
                    budget: float, batch_size: int) -> PrivacyNeurons:
     """`guard_utility` with the loss on the encoded PII-free ``held_out`` text; the neurons
-    unchanged when ``budget`` is inf or there is no held-out text."""
+    unchanged when ``budget`` is negative (no guard) or there is no held-out text."""
     from fedprivacy.evaluation import evaluate_loss
 
-    if math.isinf(budget) or not len(held_out["input_ids"]):
+    if budget < 0 or not len(held_out["input_ids"]):
         return neurons
     return guard_utility(model, neurons, lambda: evaluate_loss(model, held_out, batch_size)[0],
                          budget)
 
 
 def neuron_ids(neurons: Iterable[tuple[int, int]], d_ff: int) -> list[int]:
-    """(layer, index) pairs as flat ids layer·d_ff + index, e.g. to report them as metadata."""
-    return sorted(layer * d_ff + index for layer, index in neurons)
+    """(layer, index) pairs as flat ids layer·d_ff + index, in their order (a ranking stays
+    one), e.g. to report them as metadata."""
+    return [layer * d_ff + index for layer, index in neurons]
+
+
+def neuron_pairs(ids: Iterable[int], d_ff: int) -> list[Neuron]:
+    """Flat ids back to (layer, index) pairs, in their order (inverse of `neuron_ids`)."""
+    return [(flat // d_ff, flat % d_ff) for flat in ids]
+
+
+def round_robin_union(rankings: Iterable[Sequence[int]]) -> list[int]:
+    """The union of several rankings as one ranking: every ranking's first, then every
+    ranking's second, ..., each id at its first appearance."""
+    rankings = [list(r) for r in rankings]
+    seen: dict[int, None] = {}
+    for depth in range(max((len(r) for r in rankings), default=0)):
+        for ranking in rankings:
+            if depth < len(ranking):
+                seen.setdefault(ranking[depth], None)
+    return list(seen)
 
 
 def neurons_by_layer(ids: Iterable[int], d_ff: int) -> dict[int, list[int]]:

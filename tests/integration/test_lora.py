@@ -220,7 +220,7 @@ def test_server_carries_the_union_of_base_edits_and_saves_them_merged(tmp_path):
     saved = AutoModelForCausalLM.from_pretrained(run.folder.model_dir)
     # Assert: the arrays carry every round's neurons (a frozen column cannot come back); the
     # merged model zeroes exactly them and records them
-    union = neuron_ids(unions[1] + unions[2], d_ff)
+    union = sorted(neuron_ids(unions[1] + unions[2], d_ff))
     assert arrays[wire.BASE_EDITS].numpy().tolist() == union
     assert all("lora_" in k for k in arrays.keys() if k != wire.BASE_EDITS)
     edits = recorded_edits(saved)

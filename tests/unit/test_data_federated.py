@@ -187,3 +187,25 @@ def test_bad_config_is_named(cfg, partition_id, name):
 
     # Assert
     assert name in str(error.value)
+
+
+def test_task_text_holds_the_tasks_prompts_and_no_answer():
+    # Prepare
+    cfg = DataConfig(source="task_text", tasks=["review_polarity", "pair_kind"],
+                     train_per_client=40, val_per_client=8, test_per_client=8)
+    # Execute
+    clients = [build_client_data(cfg, i, 2, seed=4) for i in range(2)]
+    server = build_server_data(cfg, "auto", "", 20, 2, seed=4)
+    # Assert: every text is a configured task's prompt, up to the answer cue and without a label;
+    # both tasks in each client's training split; clients draw their own; the same in any call
+    labels = {"positive", "negative", "fruit", "animal", "tool", "vehicle"}
+    for data in clients:
+        assert [len(data.train), len(data.validation), len(data.test)] == [40, 8, 8]
+        texts = [r["completion"] for r in data.train + data.validation + data.test]
+        assert all(r["prompt"] == "" and r["private_spans"] == [] for r in data.train)
+        assert all(t.endswith("\nAnswer:") and t.split("\n")[1].startswith("Input: ") for t in texts)
+        assert not any(set(t.split("\n")[1].split()) & labels for t in texts)
+        assert {r["task"] for r in data.train} == {"review_polarity-text", "pair_kind-text"}
+    assert clients[0].train != clients[1].train
+    assert clients[0].train == build_client_data(cfg, 0, 2, seed=4).train
+    assert len(server) == 20 and all(r["task"].endswith("-text") for r in server)
