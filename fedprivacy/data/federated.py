@@ -121,13 +121,15 @@ def _pool(cfg: DataConfig, num_partitions: int, seed: int) -> list[Record]:
         return world.corpus(total, cfg.facts, derive_seed(seed, "pool"))
     if cfg.source == "concepts":
         return ConceptWorld(cfg.concepts).corpus(total, derive_seed(seed, "pool"))
-    names = task_names(cfg)
-    share, extra = divmod(total, len(names))
-    return [
-        r
-        for t, name in enumerate(names)
-        for r in get_task(name).generate(share + (t < extra), derive_seed(seed, "pool"))
-    ]
+    return task_examples(task_names(cfg), total, derive_seed(seed, "pool"))
+
+
+def task_examples(names: list[str], n: int, seed: int) -> list[Record]:
+    """``n`` examples of the tasks ``names``, split evenly over them (the first ``n mod T``
+    tasks one more), task after task."""
+    share, extra = divmod(n, len(names))
+    return [r for t, name in enumerate(names)
+            for r in get_task(name).generate(share + (t < extra), seed)]
 
 
 def _task_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
@@ -168,10 +170,8 @@ def _public_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
 def task_text(cfg: DataConfig, n: int, seed: int) -> list[Record]:
     """``n`` unlabelled texts of the configured tasks, split evenly over them: each a task's
     prompt (instruction, input, the answer cue) as the text to model, without its answer."""
-    names = task_names(cfg)
-    share, extra = divmod(n, len(names))
-    return [make_record("", r["prompt"], f"{name}-text") for t, name in enumerate(names)
-            for r in get_task(name).generate(share + (t < extra), derive_seed(seed, "task-text"))]
+    return [make_record("", r["prompt"], f"{r['task']}-text")
+            for r in task_examples(task_names(cfg), n, derive_seed(seed, "task-text"))]
 
 
 def _task_text_client(cfg: DataConfig, partition_id: int, seed: int) -> ClientData:
@@ -277,7 +277,4 @@ def build_server_data(cfg: DataConfig, source: str, path: str, n: int, num_parti
         return public_corpus(n, server_seed)
     if source == "task_text":
         return task_text(cfg, n, server_seed)
-    names = server_tasks(cfg, num_partitions)
-    share, extra = divmod(n, len(names))
-    return [r for t, name in enumerate(names)
-            for r in get_task(name).generate(share + (t < extra), server_seed)]
+    return task_examples(server_tasks(cfg, num_partitions), n, server_seed)
