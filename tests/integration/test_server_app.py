@@ -16,6 +16,7 @@ from fedprivacy.editing import recorded_edits
 from fedprivacy.methods.depn import NEURONS_KEY
 from fedprivacy.privacy.depn import neuron_ids, neurons_by_layer
 from fedprivacy.strategies.depn_merge import NeuronEditMerge
+from fedprivacy.strategies.factory import make_strategy
 from fedprivacy.strategies.server_app import ServerRun
 from tests.tiny import train_reply
 
@@ -44,6 +45,23 @@ def test_server_evaluates_without_building_client_data(source, tmp_path, no_clie
     result = run.evaluate(run.global_model.initial_arrays)
     # Assert
     assert result["eval_loss"] > 0 and run.eval_set["input_ids"].shape[0] == cfg.server.eval_records
+
+
+def test_depn_union_guard_tunes_on_the_servers_own_text_alone(tmp_path, no_client_data):
+    # Prepare: the adversary's view of the guard: the server holds the aggregate, the ids the
+    # clients declared and the run config; it must build no client data to guard the union
+    cfg = load_config(None, SMALL + ["data.source=pii", "client.pipeline=[sft,depn]",
+                                     "client.depn.union_budget=0.0", f"out_dir={tmp_path}"])
+    run = ServerRun(cfg, grid=None)
+    merge = make_strategy(cfg, run.global_model)
+    arrays = run.global_model.initial_arrays
+    # Execute
+    merge.aggregate_train(1, [_reply(1, arrays, list(range(8))), _reply(2, arrays, [8, 9])])
+    # Assert: the guard ran (it records its dev perplexity change) on PII-free text only
+    record = merge.round_record(1)
+    assert record["depn_proposed"] == 10 and record["depn_dev_ppl_change"] <= 1e-9
+    dev = merge.guard.dev
+    assert len(dev["input_ids"]) > 0 and not dev["private_mask"].any()
 
 
 def test_server_runs_when_the_client_data_file_is_not_on_its_machine(tmp_path, no_client_data):
