@@ -344,7 +344,7 @@ def _validate_concepts(cfg: ExperimentConfig) -> None:
              "data.concepts.emotions", f"must name >= 2 of {sorted(EVENTS)}", world.emotions)
     _require(bool(world.shares) and min(world.shares) > 0, "data.concepts.shares",
              "must be positive shares, one per language", world.shares)
-    for name in ("parallel_share", "neutral_share"):
+    for name in ("parallel_share", "neutral_share", "label_noise"):
         value = getattr(world, name)
         _require(0 <= value <= 1, f"data.concepts.{name}", "must be in [0, 1]", value)
     _require(world.parallel_share + world.neutral_share <= 1, "data.concepts",

@@ -6,7 +6,9 @@ cue and the label ("The emotion is" joy). **Languages**: language 0 is the base;
 writes every word through its own letter substitution (vowels among vowels, consonants among
 consonants), so the languages share structure but no words. They get very different shares of
 the corpus (``shares``, e.g. 85/10/4/1 %); a small ``parallel_share`` of records puts one
-scenario in language 0 beside its translation into another language. **Neutral** sentences
+scenario in language 0 beside its translation into another language. ``label_noise`` gives a
+share of the labelled records another emotion's label; ``shared_labels`` writes the labels in
+language 0 in every language (the rest of the text stays translated). **Neutral** sentences
 (errands, no emotion) in every language serve the perplexity cost and the cross-model map.
 
 The world is public and derived from the config, like the fact world of IRCAN: the clients'
@@ -57,6 +59,12 @@ class ConceptWorldConfig:
     # one entry per language (language 0 first): its share of the corpus
     parallel_share: float = 0.05  # records pairing a language-0 scenario with its translation
     neutral_share: float = 0.2  # neutral sentences (no emotion)
+    label_noise: float = 0.0
+    # share of labelled records whose label is another emotion (annotators disagree): the
+    # model's belief in a label stays soft, as a real model's is, instead of near-certain
+    shared_labels: bool = False
+    # every language writes the labels as language 0 does (a script the languages share, like
+    # numerals or emoji), so the label is one output for all of them
 
 
 def _cipher(k: int) -> dict[str, str]:
@@ -114,7 +122,7 @@ class ConceptWorld:
         return "".join(table.get(c, c) for c in text)
 
     def label(self, emotion: str, language: int) -> str:
-        return self.translate(emotion, language)
+        return emotion if self.cfg.shared_labels else self.translate(emotion, language)
 
     def labels(self, language: int) -> list[str]:
         return [self.label(e, language) for e in self.cfg.emotions]
@@ -150,7 +158,11 @@ class ConceptWorld:
                 records.append(make_record("", f"{text} = {self.translate(text, other)}",
                                            "concepts"))
                 continue
-            records.append(make_record(s.prompt, f" {s.label}", "concepts"))
+            label = s.label
+            if cfg.label_noise and rng.random() < cfg.label_noise:
+                label = self.label(rng.choice([e for e in cfg.emotions if e != emotion]),
+                                   language)
+            records.append(make_record(s.prompt, f" {label}", "concepts"))
         return records
 
     def pairs(self, target: str, language: int, seed: int) -> list[tuple[Scenario, Scenario]]:

@@ -9,8 +9,9 @@ real models), a ``save_pretrained`` folder, or ``self`` (the target itself). Ste
 1. v^l = mean(h_pos − h_neg) in the source on the train pairs (eq. 1); the source layer is the
    one that recognises the dev pairs best (``source_layer: -1``);
 2. F = argmin ‖XF − Y‖² between the source's states at that layer and the target's at the
-   target layer on neutral texts (every word prefix of each sentence, 80 % fit, 20 % held out
-   for the reported error), no bias (eq. 2); v̂ = vF;
+   target layer on general texts (``map_texts``: the set's neutral sentences, or for the world
+   a fresh draw of its corpus; every word prefix of each text, 80 % fit, 20 % held out for the
+   reported error), no bias (eq. 2); v̂ = vF;
 3. h ← h + α·v̂ after the target layer at every position (eq. 3); α on a dev split by
    `choose_alpha` (largest dev gain with at most ``max_ppl_increase`` more perplexity).
 
@@ -66,7 +67,11 @@ class ContransConfig:
         "help": "alpha rule: dev perplexity at most this much above the unsteered model"})
     random_draws: int = field(default=5, metadata={"help": "random-vector controls averaged"})
     neutral_texts: int = field(default=400, metadata={
-        "help": "neutral sentences whose word prefixes fit the map"})
+        "help": "texts whose word prefixes fit the map"})
+    map_texts: str = field(default="neutral", metadata={
+        "help": "what the map is fitted on: neutral (the set's neutral sentences) | corpus "
+                "(world only: a fresh server draw of the world's unlabelled-use text, the "
+                "analogue of the paper's general WikiSplit text)"})
     instruction: str = field(default="", metadata={
         "help": "Inst-Align baseline: this instruction before each text (empty: not run)"})
     apply_if_worse: bool = field(default=False, metadata={
@@ -75,6 +80,7 @@ class ContransConfig:
     def validate(self) -> None:
         check_choice(self.data, "data", DATA)
         check_choice(self.method, "method", ("mean", "pca"))
+        check_choice(self.map_texts, "map_texts", ("neutral", "corpus"))
         check(bool(self.source), "source", f"must be one of {SOURCES} or a model folder",
               self.source)
         check(bool(self.alpha_grid) and min(self.alpha_grid) > 0, "alpha_grid",
@@ -159,6 +165,19 @@ def _trained_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(folder), ctx.tokenizer  # named by its folder
 
 
+def map_texts(s: ContransConfig, ctx: Any, cs: Any) -> list[str]:
+    """The texts whose word prefixes fit the map (``map_texts``): the concept set's neutral
+    sentences, or a fresh server draw of the emotion world's corpus (prompt and completion as
+    one text; no pair and no label is used as such: the map sees only states)."""
+    if s.map_texts == "neutral":
+        return cs.data[cs.languages[0]].neutral[:s.neutral_texts]
+    from fedprivacy.data.concept_world import ConceptWorld
+
+    records = ConceptWorld(ctx.cfg.data.concepts).corpus(
+        s.neutral_texts, derive_seed(ctx.seed, "server", "contrans-map"))
+    return [f"{r['prompt']}{r['completion']}".strip() for r in records]
+
+
 def contrans_stage(ctx: Any) -> dict[str, Any]:
     """The stage (module docstring); ``ctx`` is a `fedprivacy.alignment.stage.StageContext`."""
     import torch
@@ -196,7 +215,7 @@ def contrans_stage(ctx: Any) -> dict[str, Any]:
     v_self_all = concepts.concept_vectors(t_pos, t_neg, s.method)  # type: ignore[arg-type]
     t_test = pair_states(model, tok, cs, lang, "test")
 
-    texts = word_prefixes(cs.data[lang].neutral[:s.neutral_texts])
+    texts = word_prefixes(map_texts(s, ctx, cs))
     cut = int(0.8 * len(texts))
     x_all = concepts.last_token_states(source, source_tok, texts, [src_layer])[0]
     sweep = Sweep(model, tok, cs)
@@ -260,7 +279,7 @@ def contrans_stage(ctx: Any) -> dict[str, Any]:
                          "self_alpha": self_alpha, "dev_gain": chosen["dev_gain"],
                          "self_dev_gain": self_gain, "rule": describe_alpha_rule(
                              s.max_ppl_increase)},
-              "map": {"states": len(texts), "fit": cut, "held_out_relative_error":
+              "map": {"texts": s.map_texts, "states": len(texts), "fit": cut, "held_out_relative_error":
                       chosen["map_error"], "source_dim": int(x_all.shape[1]),
                       "target_dim": int(v_hat.shape[0])},
               "layer_search": [{k: v for k, v in r.items() if k != "vector"} for r in search],
@@ -300,6 +319,9 @@ def contrans_preflight(cfg: Any, probe: Any) -> None:
     s: ContransConfig = METHOD.settings_of(cfg)
     if s.source == "train" and cfg.data.source != "concepts":
         raise ValueError("alignment stage 'contrans': source=train needs data.source=concepts")
+    if s.map_texts == "corpus" and cfg.data.source != "concepts":
+        raise ValueError("alignment stage 'contrans': map_texts=corpus draws the emotion "
+                         "world's text: it needs data.source=concepts")
     try:
         cs = concept_data(s, cfg)
     except ValueError as err:

@@ -23,7 +23,8 @@ FAST = ["data.source=concepts", "data.partition=iid", "train.steps=8",
         "alignment.ircan.apply_if_worse=true",
         "alignment.contrans.source_steps=20", "alignment.contrans.source_records=200",
         "alignment.contrans.alpha_grid=[0.2]", "alignment.contrans.random_draws=1",
-        "alignment.contrans.neutral_texts=60", "alignment.contrans.apply_if_worse=true",
+        "alignment.contrans.neutral_texts=60",
+        "alignment.contrans.map_texts=corpus", "alignment.contrans.apply_if_worse=true",
         "alignment.steering.alpha_grid=[0.2]", "alignment.steering.apply_if_worse=true"]
 
 
@@ -66,4 +67,5 @@ def test_stage_summaries_and_plots(run_dir):
                                              for i in range(4))
     contrans = json.loads((folder / "contrans" / "report.json").read_text())
     assert contrans["map"]["source_dim"] == 64 and contrans["map"]["target_dim"] == 64
+    assert contrans["map"]["texts"] == "corpus" and contrans["map"]["states"] > 60
     assert {"base", "contrans", "self_align", "random"} <= set(contrans["table"])

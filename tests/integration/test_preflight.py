@@ -134,6 +134,14 @@ def test_alignment_stage_without_its_data_is_named_before_any_round(tmp_path):
                                 r"file at .*missing.jsonl")
 
 
+def test_contrans_map_on_the_world_text_without_the_world_is_named(tmp_path):
+    _expect_failure(tmp_path, ["alignment=[contrans]", "alignment.contrans.source=self",
+                               "alignment.contrans.data=sentiment",
+                               "alignment.contrans.map_texts=corpus"],
+                    ValueError, r"alignment stage 'contrans': map_texts=corpus .* needs "
+                                r"data.source=concepts")
+
+
 def test_alignment_stage_on_an_unsupported_architecture_is_named(tmp_path):
     # Prepare: training alone would run on BLOOM, IRCAN cannot
     folder = _bloom_folder(tmp_path)

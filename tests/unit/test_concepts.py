@@ -12,7 +12,7 @@ from fedprivacy.alignment.steer_eval import (
     random_directions,
     word_prefixes,
 )
-from fedprivacy.data.concept_world import ConceptWorld, ConceptWorldConfig
+from fedprivacy.data.concept_world import EVENTS, ConceptWorld, ConceptWorldConfig
 
 pytestmark = pytest.mark.unit
 
@@ -119,6 +119,31 @@ def test_world_languages_share_structure_not_words():
     records = world.corpus(2000, 0)
     tagged = sum(r["completion"].strip() in world.labels(3) for r in records)
     assert 0 < tagged < 0.03 * len(records)  # the rarest language: ~1 % of the corpus
+
+
+def test_world_label_noise_gives_that_share_another_emotions_label():
+    # Prepare: the event names its emotion; language 0 only, so the text is readable
+    world = ConceptWorld(ConceptWorldConfig(shares=[1.0], label_noise=0.25))
+    emotion_of = {event: e for e, events in EVENTS.items() for event in events}
+
+    # Execute
+    records = [r for r in world.corpus(4000, 0) if r["prompt"].startswith("Scenario:")]
+    wrong = [emotion_of[r["prompt"].split(" ", 2)[2].split(".")[0]] != r["completion"].strip()
+             for r in records]
+
+    # Assert: about a quarter disagree, and without noise none does
+    assert abs(sum(wrong) / len(wrong) - 0.25) < 0.03
+    clean = ConceptWorld(ConceptWorldConfig(shares=[1.0])).corpus(500, 0)
+    assert all(emotion_of[r["prompt"].split(" ", 2)[2].split(".")[0]] == r["completion"].strip()
+               for r in clean if r["prompt"].startswith("Scenario:"))
+
+
+def test_world_shared_labels_are_language_zeros_in_every_language():
+    shared = ConceptWorld(ConceptWorldConfig(shared_labels=True))
+    assert all(shared.labels(k) == list(EVENTS) for k in range(4))
+    scenario = shared.scenario("joy", "Anna", "got a puppy", 2)
+    assert scenario.label == "joy" and "puppy" not in scenario.prompt  # the text stays translated
+    assert ConceptWorld(ConceptWorldConfig()).labels(2) != list(EVENTS)
 
 
 def test_world_rejects_unknown_emotions():
