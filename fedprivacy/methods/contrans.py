@@ -70,8 +70,8 @@ class ContransConfig:
         "help": "texts whose word prefixes fit the map"})
     map_texts: str = field(default="neutral", metadata={
         "help": "what the map is fitted on: neutral (the set's neutral sentences) | corpus "
-                "(world only: a fresh server draw of the world's unlabelled-use text, the "
-                "analogue of the paper's general WikiSplit text)"})
+                "(world only: a fresh server draw of the world's text, the analogue of the "
+                "paper's general WikiSplit text)"})
     instruction: str = field(default="", metadata={
         "help": "Inst-Align baseline: this instruction before each text (empty: not run)"})
     apply_if_worse: bool = field(default=False, metadata={
