@@ -279,9 +279,9 @@ def contrans_stage(ctx: Any) -> dict[str, Any]:
                          "self_alpha": self_alpha, "dev_gain": chosen["dev_gain"],
                          "self_dev_gain": self_gain, "rule": describe_alpha_rule(
                              s.max_ppl_increase)},
-              "map": {"texts": s.map_texts, "states": len(texts), "fit": cut, "held_out_relative_error":
-                      chosen["map_error"], "source_dim": int(x_all.shape[1]),
-                      "target_dim": int(v_hat.shape[0])},
+              "map": {"texts": s.map_texts, "states": len(texts), "fit": cut,
+                      "held_out_relative_error": chosen["map_error"],
+                      "source_dim": int(x_all.shape[1]), "target_dim": int(v_hat.shape[0])},
               "layer_search": [{k: v for k, v in r.items() if k != "vector"} for r in search],
               "norms": {"transplant": float(v_hat.norm()), "self": float(v_self.norm()),
                         "source": float(v_src[src_layer].norm()),
@@ -317,11 +317,11 @@ def contrans_preflight(cfg: Any, probe: Any) -> None:
 
     require_sites("contrans", probe.model)
     s: ContransConfig = METHOD.settings_of(cfg)
-    if s.source == "train" and cfg.data.source != "concepts":
-        raise ValueError("alignment stage 'contrans': source=train needs data.source=concepts")
-    if s.map_texts == "corpus" and cfg.data.source != "concepts":
-        raise ValueError("alignment stage 'contrans': map_texts=corpus draws the emotion "
-                         "world's text: it needs data.source=concepts")
+    world_only = [key for key, used in (("source=train", s.source == "train"),
+                                        ("map_texts=corpus", s.map_texts == "corpus")) if used]
+    if world_only and cfg.data.source != "concepts":
+        raise ValueError(f"alignment stage 'contrans': {' and '.join(world_only)} draw on the "
+                         "emotion world: it needs data.source=concepts")
     try:
         cs = concept_data(s, cfg)
     except ValueError as err:

@@ -123,19 +123,19 @@ def test_world_languages_share_structure_not_words():
 
 def test_world_label_noise_gives_that_share_another_emotions_label():
     # Prepare: the event names its emotion; language 0 only, so the text is readable
-    world = ConceptWorld(ConceptWorldConfig(shares=[1.0], label_noise=0.25))
     emotion_of = {event: e for e, events in EVENTS.items() for event in events}
 
+    def disagreeing(label_noise: float, n: int) -> list[bool]:
+        world = ConceptWorld(ConceptWorldConfig(shares=[1.0], label_noise=label_noise))
+        return [emotion_of[r["prompt"].split(" ", 2)[2].split(".")[0]] != r["completion"].strip()
+                for r in world.corpus(n, 0) if r["prompt"].startswith("Scenario:")]
+
     # Execute
-    records = [r for r in world.corpus(4000, 0) if r["prompt"].startswith("Scenario:")]
-    wrong = [emotion_of[r["prompt"].split(" ", 2)[2].split(".")[0]] != r["completion"].strip()
-             for r in records]
+    wrong = disagreeing(0.25, 4000)
 
     # Assert: about a quarter disagree, and without noise none does
     assert abs(sum(wrong) / len(wrong) - 0.25) < 0.03
-    clean = ConceptWorld(ConceptWorldConfig(shares=[1.0])).corpus(500, 0)
-    assert all(emotion_of[r["prompt"].split(" ", 2)[2].split(".")[0]] == r["completion"].strip()
-               for r in clean if r["prompt"].startswith("Scenario:"))
+    assert not any(disagreeing(0.0, 500))
 
 
 def test_world_shared_labels_are_language_zeros_in_every_language():
