@@ -274,9 +274,9 @@ def _run_parallel(sweep: Sweep, root: Path, parallel: int,
     stop = threading.Event()
     with (ThreadPoolExecutor(parallel, thread_name_prefix="sweep-run") as pool,
           sigterm_as_interrupt()):
-        futures = {pool.submit(_row, sweep, run, root, False, stop): index
-                   for index, run in enumerate(sweep.runs)}
-        try:
+        try:  # an interrupt while the runs are still handed out stops the started ones too
+            futures = {pool.submit(_row, sweep, run, root, False, stop): index
+                       for index, run in enumerate(sweep.runs)}
             for future in as_completed(futures):
                 record(futures[future], future.result())
         except BaseException:

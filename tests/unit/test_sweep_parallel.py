@@ -6,12 +6,14 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from fedprivacy.config import ExperimentConfig
 from fedprivacy.report import RunFolder
 from fedprivacy.simulations import runner
+from fedprivacy.simulations import sweep as sweep_module
 from fedprivacy.simulations.cli import main
 from tests.tiny import lr_sweep
 
@@ -95,6 +97,33 @@ def test_an_interrupt_stops_the_running_runs_and_starts_no_more(tmp_path, monkey
     assert sorted(fake.stopped) == ["t-lr0-seed0", "t-lr1-seed0"]
     assert "t-lr2-seed0" not in fake.started
     assert "--out" in capsys.readouterr().out  # how to go on
+
+
+class InterruptedHandout(ThreadPoolExecutor):
+    """A pool that presses Ctrl-C right after handing out the sweep's second run, while the
+    sweep is still handing runs out."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = super().submit(fn, *args, **kwargs)
+        self.handed = getattr(self, "handed", 0) + 1
+        if self.handed == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return future
+
+
+def test_an_interrupt_while_runs_are_handed_out_stops_the_started_ones(tmp_path, monkeypatch):
+    # Prepare: three long runs, two at a time; Ctrl-C comes as the second is handed out
+    fake = ConcurrentRuns({0.01: 30.0, 0.02: 30.0, 0.03: 30.0})
+    monkeypatch.setattr(runner, "run_experiment", fake)
+    monkeypatch.setattr(sweep_module, "ThreadPoolExecutor", InterruptedHandout)
+    # Execute
+    began = time.monotonic()
+    code = main(["sweep", str(lr_sweep(tmp_path, [0.01, 0.02, 0.03])), "--out",
+                 str(tmp_path / "out"), "--parallel", "2"])
+    # Assert: the sweep stopped at once; no run went on to its end, the third never started
+    assert code == 130 and time.monotonic() - began < 10
+    assert "t-lr2-seed0" not in fake.started
+    assert not list((tmp_path / "out").glob("*/summary.json"))
 
 
 def test_parallel_must_be_positive(tmp_path, capsys):
