@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     preset: str = "tiny-llama"  # a name in fedprivacy.models.PRESETS, or "" to load name_or_path
-    name_or_path: str = ""  # HF name or local folder, used when preset == ""
+    # HF name, local folder or packaged model (smollm2, gemma3), used when preset == ""
+    name_or_path: str = ""
     gguf_file: str = ""  # a GGUF file inside name_or_path (converted once, then cached)
     hidden_size: int = 0  # 0 = the preset's value
     num_layers: int = 0

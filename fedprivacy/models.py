@@ -8,6 +8,7 @@ reached the error says so.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -144,10 +145,22 @@ def _load_error(mc: ModelConfig, what: str, err: Exception) -> str:
     return f"model.name_or_path: cannot load the {what} saved in {folder}: {err}"
 
 
+def packaged(mc: ModelConfig) -> ModelConfig:
+    """``model.name_or_path`` may name a model that a package ships (a key of `PACKAGED`):
+    it stands for that package's folder and GGUF file on this machine, found at load time (so
+    a config file is the same on every machine). A local folder of the same name wins."""
+    if mc.preset or mc.gguf_file or mc.name_or_path not in PACKAGED \
+            or Path(mc.name_or_path).is_dir():
+        return mc
+    found = PACKAGED[mc.name_or_path]()
+    return dataclasses.replace(mc, name_or_path=found.name_or_path, gguf_file=found.gguf_file)
+
+
 def load_tokenizer(mc: ModelConfig) -> PreTrainedTokenizerBase:
     """The tokenizer of a preset (built offline) or of the model folder/name."""
     if mc.preset:
         return build_tokenizer()
+    mc = packaged(mc)
     check_model_folder(mc, need=("tokenizer",))
     try:
         tok = AutoTokenizer.from_pretrained(_resolve(mc))
@@ -188,7 +201,8 @@ def _resolve(mc: ModelConfig) -> str:
 
 
 def load_pretrained(mc: ModelConfig) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained`` on a folder or hub name, in float32."""
+    """``AutoModelForCausalLM.from_pretrained`` on a folder, hub or packaged name, in float32."""
+    mc = packaged(mc)
     check_model_folder(mc, need=("model",))
     try:
         model = AutoModelForCausalLM.from_pretrained(_resolve(mc), dtype=torch.float32)

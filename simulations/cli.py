@@ -253,8 +253,21 @@ def _split_config(args: argparse.Namespace) -> None:
         args.config = None
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; ``key=value`` overrides may also come after the options
+    (``fedprivacy run cfg.yaml --no-progress rounds=2``), which plain argparse refuses."""
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        p.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides.extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = _parse(argv)
     _split_config(args)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:

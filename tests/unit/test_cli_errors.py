@@ -88,3 +88,17 @@ def test_interrupt_names_the_real_folder_to_resume(tmp_path, monkeypatch, capsys
     assert code == 130
     assert (f"interrupted: resume with fedprivacy run --resume {tmp_path / 'myrun'}"
             in capsys.readouterr().out)
+
+
+def test_overrides_may_follow_the_options(capsys):
+    # Execute: an override after an option, as `fedprivacy run cfg.yaml --no-progress k=v`
+    code = main(["config", "--toml", "rounds=7"])
+    # Assert
+    assert code == 0 and "rounds = 7" in capsys.readouterr().out
+
+
+def test_a_stray_argument_after_the_options_is_named(capsys):
+    # Execute / Assert: a word that is no override is refused as before, by name
+    with pytest.raises(SystemExit) as exit_:
+        main(["config", "rounds=7", "--toml", "bogus"])
+    assert exit_.value.code == 2 and "unrecognized arguments: bogus" in capsys.readouterr().err
