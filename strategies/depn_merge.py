@@ -64,18 +64,19 @@ class UnionGuard:
     """The server's utility guard on the merged union: `guard_held_out` on a scratch copy of
     the model holding the aggregate (the global model itself is the ServerApp's)."""
 
-    def __init__(self, model: PreTrainedModel, dev: dict, budget: float, batch_size: int) -> None:
+    def __init__(self, model: PreTrainedModel, dev: dict, budget: float, batch_size: int,
+                 search: str = "greedy") -> None:
         self.model = copy.deepcopy(model)
-        self.dev, self.budget, self.batch_size = dev, budget, batch_size
+        self.dev, self.budget, self.batch_size, self.search = dev, budget, batch_size, search
 
     def __call__(self, arrays: ArrayRecord, ids: list[int]) -> tuple[list[int], float]:
-        """The greedy subset of the ranked ``ids`` within the budget, in rank order, and the
+        """The ranked ``ids`` the guard keeps within the budget, in rank order, and the
         relative dev perplexity change that zeroing it costs."""
         adapters.load_wire(self.model, arrays)
         base = adapters.base_of(self.model)
         d_ff = sites.ffn_dim(base)
         kept = guard_held_out(base, PrivacyNeurons(neuron_pairs(ids, d_ff)), self.dev,
-                              self.budget, self.batch_size)
+                              self.budget, self.batch_size, self.search)
         before = self.dev_loss()
         handle = apply_depn(base, kept)
         change = math.expm1(self.dev_loss() - before)
@@ -149,8 +150,8 @@ class NeuronEditMerge(StrategyWrapper):
 def wrap(strategy: Strategy, ctx: Any) -> NeuronEditMerge:
     """The server side of ``depn`` (`fedprivacy.methods.depn`), with a `UnionGuard` unless
     ``client.depn.union_budget`` is negative."""
-    budget = METHOD.settings_of(ctx.cfg).union_budget
-    guard = None if budget < 0 else UnionGuard(
+    settings = METHOD.settings_of(ctx.cfg)
+    guard = None if settings.union_budget < 0 else UnionGuard(
         ctx.model.model, server_dev_set(ctx.cfg, ctx.model.tokenizer, "client.depn.union_budget"),
-        budget, ctx.cfg.train.eval_batch_size)
+        settings.union_budget, ctx.cfg.train.eval_batch_size, settings.guard_search)
     return NeuronEditMerge(strategy, ctx.model.model, guard)

@@ -19,6 +19,7 @@ from fedprivacy.methods.registry import Method, check, check_choice, register
 NEURONS_KEY = "depn.neurons"  # train-reply metric: the zeroed neurons' flat ids, best first
 UNION_KEY = "depn_neurons"  # per-round server record: the union zeroed in the aggregate
 WHEN = ("every", "last")
+GUARD_SEARCHES = ("greedy", "prefix")  # fedprivacy.privacy.depn.guard_utility
 
 
 @dataclass
@@ -41,6 +42,11 @@ class DEPNConfig:
         "help": "rounds whose update is edited: every | last (only the last round's, as the "
                 "paper edits the trained model once; the server then receives the earlier "
                 "rounds' updates unedited)"})
+    guard_search: str = field(default="greedy", metadata={
+        "help": "how both guards choose within their budget: greedy (one neuron at a time in "
+                "rank order, 1 + z evaluations) | prefix (the longest affordable top-k, by "
+                "bisection, 2 + log2 z evaluations: for models where an evaluation costs "
+                "seconds)"})
     union_budget: float = field(default=-1.0, metadata={
         "help": "relative perplexity increase on the server's own PII-free dev text (disjoint "
                 "from its eval text) the merged union may cost: the server keeps the clients' "
@@ -54,6 +60,7 @@ class DEPNConfig:
         check(self.max_records >= 1, "max_records", "must be >= 1", self.max_records)
         check(self.contrast >= 0, "contrast", "must be >= 0", self.contrast)
         check_choice(self.when, "when", WHEN)
+        check_choice(self.guard_search, "guard_search", GUARD_SEARCHES)
 
 
 def depn_step(job: Any) -> dict[str, float | list[int]]:

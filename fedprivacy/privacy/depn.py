@@ -18,9 +18,10 @@ Two additions of this project's, both off in the paper's setting (``contrast=0``
   become s(X) − mean_j s(X~_j), where X~_j is the record with each private token resampled
   from ``token_pool`` (other private tokens of the client); a neuron that carries the memorised
   secret scores high on X only.
-- Utility guard (after step 3): `guard_utility` keeps the ranked neurons one at a time while the
-  perplexity on PII-free text with the kept ones zeroed stays within (1 + budget) × the
-  unedited perplexity (loss ≤ unedited loss + ln(1 + budget)).
+- Utility guard (after step 3): `guard_utility` keeps the ranked neurons one at a time (or the
+  longest affordable top-k prefix, found by bisection) while the perplexity on PII-free text
+  with the kept ones zeroed stays within (1 + budget) × the unedited perplexity (loss ≤
+  unedited loss + ln(1 + budget)).
 """
 
 from __future__ import annotations
@@ -200,12 +201,20 @@ def detect_privacy_neurons(
 
 
 def guard_utility(
-    model: nn.Module, neurons: PrivacyNeurons, loss_of: Callable[[], float], budget: float
+    model: nn.Module, neurons: PrivacyNeurons, loss_of: Callable[[], float], budget: float,
+    search: str = "greedy",
 ) -> PrivacyNeurons:
-    """Keep the ranked neurons one at a time while the perplexity exp(``loss_of()``) (a held-out
-    loss on PII-free text) with the kept ones zeroed stays ≤ (1 + budget) × its unedited value;
-    a neuron whose addition breaks the budget is dropped. The model is left unedited."""
+    """Keep ranked neurons while the perplexity exp(``loss_of()``) (a held-out loss on PII-free
+    text) with the kept ones zeroed stays ≤ (1 + budget) × its unedited value. The model is
+    left unedited.
+
+    ``greedy``: one neuron at a time in rank order, a neuron whose addition breaks the budget
+    is dropped (1 + z evaluations). ``prefix``: the top k, k found by bisection so that the top
+    k meet the budget and the top k + 1 do not (or k = z); 2 + ⌈log2 z⌉ evaluations, for models
+    where one evaluation costs seconds."""
     limit = loss_of() + math.log1p(budget)
+    if search == "prefix":
+        return _affordable_prefix(model, neurons, lambda: loss_of() <= limit)
     kept: list[Neuron] = []
     for neuron in neurons.neurons:
         handle = apply_depn(model, PrivacyNeurons(kept + [neuron]))
@@ -213,6 +222,28 @@ def guard_utility(
             kept.append(neuron)
         handle.undo()
     return PrivacyNeurons(kept, neurons.votes, neurons.scores, neurons.candidates)
+
+
+def _affordable_prefix(model: nn.Module, neurons: PrivacyNeurons,
+                       affordable: Callable[[], bool]) -> PrivacyNeurons:
+    """The guard's ``prefix`` search: bisection on k with ``affordable()`` true for the top
+    ``low`` zeroed and false for the top ``high`` (k = 0 always is)."""
+    def fits(k: int) -> bool:
+        handle = apply_depn(model, PrivacyNeurons(neurons.neurons[:k]))
+        try:
+            return affordable()
+        finally:
+            handle.undo()
+
+    low, high = 0, len(neurons.neurons)
+    if high and not fits(high):
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+    else:
+        low = high
+    return PrivacyNeurons(neurons.neurons[:low], neurons.votes, neurons.scores,
+                          neurons.candidates)
 
 
 def apply_depn(model: nn.Module, neurons: PrivacyNeurons) -> EditHandle:
@@ -267,12 +298,13 @@ def client_privacy_neurons(
         contrast=settings.contrast,
         token_pool=train_set["input_ids"][train_set["private_mask"]].unique(),
         generator=torch.Generator().manual_seed(seed))
-    return guard_held_out(model, neurons, held_out, settings.utility_budget, batch_size), \
+    return guard_held_out(model, neurons, held_out, settings.utility_budget, batch_size,
+                          settings.guard_search), \
         len(neurons.neurons), len(chosen)
 
 
 def guard_held_out(model: nn.Module, neurons: PrivacyNeurons, held_out: dict[str, torch.Tensor],
-                   budget: float, batch_size: int) -> PrivacyNeurons:
+                   budget: float, batch_size: int, search: str = "greedy") -> PrivacyNeurons:
     """`guard_utility` with the loss on the encoded PII-free ``held_out`` text; the neurons
     unchanged when ``budget`` is negative (no guard) or there is no held-out text."""
     from fedprivacy.evaluation import evaluate_loss
@@ -280,7 +312,7 @@ def guard_held_out(model: nn.Module, neurons: PrivacyNeurons, held_out: dict[str
     if budget < 0 or not len(held_out["input_ids"]):
         return neurons
     return guard_utility(model, neurons, lambda: evaluate_loss(model, held_out, batch_size)[0],
-                         budget)
+                         budget, search)
 
 
 def neuron_ids(neurons: Iterable[tuple[int, int]], d_ff: int) -> list[int]:

@@ -296,3 +296,36 @@ def test_utility_guard_keeps_the_loss_within_budget_and_drops_only_neurons_that_
         assert math.exp(loss_of()) > (1 + budget) * math.exp(base)
         handle.undo()
     assert depn.guard_utility(model, ranked, loss_of, float("inf")).neurons == ranked.neurons
+
+
+def test_prefix_guard_keeps_the_longest_top_k_at_its_boundary_in_log_evaluations(memorised):
+    # Prepare: the guarded loss as above (the secrets' own), counted; 30 ranked candidates
+    model, secrets, private = memorised
+    calls = []
+
+    def loss_of() -> float:
+        calls.append(1)
+        with torch.no_grad():
+            return model(input_ids=secrets, labels=secrets).loss.item()
+
+    ranked = depn.detect_privacy_neurons(model, secrets, private, top_z=30, threshold_ratio=0.0)
+    base = loss_of()
+    budget = 0.05
+
+    def affordable(k: int) -> bool:  # the slow reference: zero the top k and measure
+        handle = depn.apply_depn(model, depn.PrivacyNeurons(ranked.neurons[:k]))
+        fits = math.exp(loss_of()) <= (1 + budget) * math.exp(base)
+        handle.undo()
+        return fits
+
+    # Execute
+    calls.clear()
+    kept = depn.guard_utility(model, ranked, loss_of, budget, search="prefix")
+    evaluations = len(calls)
+    # Assert: a top-k prefix that fits while the top k + 1 does not, in 2 + ⌈log2 30⌉ evaluations
+    k = len(kept.neurons)
+    assert 0 < k < len(ranked.neurons) and kept.neurons == ranked.neurons[:k]
+    assert affordable(k) and not affordable(k + 1)
+    assert evaluations <= 2 + math.ceil(math.log2(len(ranked.neurons)))
+    assert depn.guard_utility(model, ranked, loss_of, float("inf"), "prefix").neurons == \
+        ranked.neurons

@@ -138,6 +138,6 @@ def test_every_shipped_config_and_reproduction_sweep_validates():
     loaded = [load_config(p) for p in configs]
     runs = [load_sweep(p) for p in sweeps]
     # Assert
-    assert {p.stem for p in sweeps} >= {"privacy", "dp", "fewfedweight"}
+    assert {p.stem for p in sweeps} >= {"privacy", "privacy-smollm2", "dp", "fewfedweight"}
     assert all(cfg.name for cfg in loaded)
     assert all(sweep.runs and sweep.metrics for sweep in runs)
