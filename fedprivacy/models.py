@@ -148,9 +148,9 @@ def _load_error(mc: ModelConfig, what: str, err: Exception) -> str:
 def packaged(mc: ModelConfig) -> ModelConfig:
     """``model.name_or_path`` may name a model that a package ships (a key of `PACKAGED`):
     it stands for that package's folder and GGUF file on this machine, found at load time (so
-    a config file is the same on every machine). A local folder of the same name wins."""
-    if mc.preset or mc.gguf_file or mc.name_or_path not in PACKAGED \
-            or Path(mc.name_or_path).is_dir():
+    a config file is the same on every machine). The names are reserved, as in ``fedprivacy
+    align`` and ``alignment.contrans.source``: a local folder of that name is ``./name``."""
+    if mc.preset or mc.gguf_file or mc.name_or_path not in PACKAGED:
         return mc
     found = PACKAGED[mc.name_or_path]()
     return dataclasses.replace(mc, name_or_path=found.name_or_path, gguf_file=found.gguf_file)

@@ -37,9 +37,8 @@ def resolve_target(target: str, config: str | None, overrides: list[str]
     if not run:
         from fedprivacy.models import PACKAGED
 
-        if target in PACKAGED:
-            mc = PACKAGED[target]()
-            model = [f"model.name_or_path={mc.name_or_path}", f"model.gguf_file={mc.gguf_file}"]
+        if target in PACKAGED:  # found on this machine when it loads (`models.packaged`)
+            model = [f"model.name_or_path={target}", "model.gguf_file="]
         elif (path / "config.json").is_file():
             model = [f"model.name_or_path={path.resolve()}", "model.gguf_file="]
         else:

@@ -108,12 +108,13 @@ def load_source(s: ContransConfig, ctx: Any) -> tuple[Any, Any]:
     """The source model and tokenizer (module docstring); ``train``: `_trained_source`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fedprivacy.config import ModelConfig
     from fedprivacy.models import PACKAGED, load_pretrained, load_tokenizer
 
     if s.source == "self":
         return ctx.model, ctx.tokenizer
-    if s.source in PACKAGED:
-        mc = PACKAGED[s.source]()
+    if s.source in PACKAGED:  # found on this machine (`models.packaged`)
+        mc = ModelConfig(preset="", name_or_path=s.source)
         return load_pretrained(mc), load_tokenizer(mc)
     if s.source == "train":
         return _trained_source(s, ctx)

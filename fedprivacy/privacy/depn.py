@@ -236,12 +236,11 @@ def _affordable_prefix(model: nn.Module, neurons: PrivacyNeurons,
             handle.undo()
 
     low, high = 0, len(neurons.neurons)
-    if high and not fits(high):
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if fits(middle) else (low, middle)
-    else:
+    if not high or fits(high):
         low = high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
     return PrivacyNeurons(neurons.neurons[:low], neurons.votes, neurons.scores,
                           neurons.candidates)
 

@@ -20,10 +20,10 @@ def test_a_packaged_name_stands_for_its_folder_and_gguf_file():
 
 
 def test_a_local_folder_a_preset_or_a_hub_name_is_left_alone(tmp_path, monkeypatch):
-    # Prepare: a local folder named like a packaged model
+    # Prepare: a local folder named like a packaged model, reached as ./smollm2
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smollm2").mkdir()
-    configs = [ModelConfig(preset="", name_or_path="smollm2"),
+    configs = [ModelConfig(preset="", name_or_path="./smollm2"),
                ModelConfig(preset="tiny-llama", name_or_path="smollm2"),
                ModelConfig(preset="", name_or_path="HuggingFaceTB/SmolLM2-135M")]
     # Execute / Assert
