@@ -42,6 +42,19 @@ def _stats(times: list[float]) -> str:
     return f"{1000 * statistics.median(times):.1f} ({1000 * min(times):.1f}–{1000 * max(times):.1f})"
 
 
+def _hook_ms(shapes: list[tuple[int, ...]], hidden_size: int, repeats: int = 200) -> float:
+    """Median ms of the steering hook's add on one tensor of each shape (one job's calls)."""
+    add = concepts._delta_hook(torch.randn(hidden_size))
+    tensors = [torch.randn(*shape) for shape in shapes]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for t in tensors:
+            add(t)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def bench_model(name: str, model, tok, repeats: int) -> list[str]:
     tok.padding_side = "left"  # decoder-only generate: pad on the left
     ids = tok(PROMPTS, return_tensors="pt", padding=True)
@@ -51,13 +64,17 @@ def bench_model(name: str, model, tok, repeats: int) -> list[str]:
     jobs = {"forward": lambda: model(**ids),
             "generate": lambda: model.generate(**ids, max_new_tokens=16, do_sample=False,
                                                pad_token_id=pad)}
+    batch, length = ids["input_ids"].shape
+    d = model.config.hidden_size
+    calls = {"forward": [(batch, length, d)],
+             "generate": [(batch, length, d)] + [(batch, 1, d)] * 15}  # KV cache: 1 new token
     rows = []
     for job, run in jobs.items():
         times = {"plain": [], "steered": []}
         with torch.no_grad():
             run()  # warm-up
-            for _ in range(repeats):
-                for kind in ("plain", "steered"):
+            for i in range(repeats):
+                for kind in (("plain", "steered") if i % 2 == 0 else ("steered", "plain")):
                     start = time.perf_counter()
                     if kind == "steered":
                         with concepts.steered(model, {layer: vector}):
@@ -65,9 +82,13 @@ def bench_model(name: str, model, tok, repeats: int) -> list[str]:
                     else:
                         run()
                     times[kind].append(time.perf_counter() - start)
-        overhead = statistics.median(times["steered"]) / statistics.median(times["plain"]) - 1
+        plain = statistics.median(times["plain"])
+        overhead = statistics.median(times["steered"]) / plain - 1
+        paired = [100 * (s / p - 1) for s, p in zip(times["steered"], times["plain"])]
+        hook = _hook_ms(calls[job], d) / (1000 * plain)
         rows.append(f"| {name} | {job} | {_stats(times['plain'])} | {_stats(times['steered'])} "
-                    f"| {100 * overhead:+.1f}% |")
+                    f"| {100 * overhead:+.1f}% | {statistics.median(paired):+.1f}% "
+                    f"({min(paired):+.1f}…{max(paired):+.1f}) | {100 * hook:.3f}% |")
     return rows
 
 
@@ -100,7 +121,8 @@ def main() -> None:
     rows = bench_model("tiny-llama 4 × 128", tiny, tiny_tok, args.repeats)
     rows += bench_model("SmolLM2-135M-Instruct", smol, smol_tok, args.repeats)
     table = "\n".join(["| model | job (16 prompts) | plain ms, median (min–max) | steered ms "
-                       "| overhead |", "|---|---|---|---|---|", *rows, "",
+                       "| overhead (medians) | overhead (paired, median, min…max) "
+                       "| hook's add alone |", "|---|---|---|---|---|---|---|", *rows, "",
                        "| map fit | ms, median (min–max) |", "|---|---|",
                        bench_map(args.repeats)])
     print_and_record("## Steering overhead and the ConTrans map", table, args.write)

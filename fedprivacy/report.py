@@ -23,9 +23,26 @@ PACKAGES = ("fedprivacy", "flwr", "ray", "torch", "transformers", "opacus", "dat
             "flwr-datasets", "omegaconf", "numpy")
 
 
+def cpu() -> dict[str, str]:
+    """The CPU a run computed on: its model, core count and the vector kernels torch picked
+    (runs of one config and seed can differ in float rounding across these)."""
+    import torch
+
+    model = platform.processor() or "unknown"
+    try:
+        names = [line.split(":", 1)[1].strip() for line in
+                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_count": str(os.cpu_count()),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def versions() -> dict[str, str]:
-    """Versions of Python, the key packages and the git commit, for reproducibility."""
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    """Versions of Python, the key packages and the git commit, and the CPU (`cpu`), for
+    reproducibility."""
+    out = {"python": platform.python_version(), "platform": platform.platform(), **cpu()}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)

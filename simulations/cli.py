@@ -78,16 +78,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedprivacy.simulations.sweep import load_sweep, run_sweep, sweep_root
+    from fedprivacy.simulations.sweep import (
+        load_sweep,
+        merged_rows,
+        only_seeds,
+        run_sweep,
+        sweep_root,
+    )
 
-    sweep = load_sweep(args.sweep)
+    full = load_sweep(args.sweep)
+    sweep = only_seeds(full, args.seeds) if args.seeds else full
+    merged = merged_rows(args.merge, full, sweep)
     root = sweep_root(sweep, args.out)
     parallel = args.parallel if args.parallel is not None else (0 if args.ray else 1)
     at_once = f", {parallel} at a time" if parallel > 1 else ""
     where = f", as Ray tasks on {args.ray}" if args.ray else ""
-    _say(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}{at_once}{where}")
+    beside = f" (compared with {len(merged)} merged rows)" if merged else ""
+    _say(f"sweep {sweep.name}: {len(sweep.runs)} runs of {sweep.base}{at_once}{where}{beside}")
     try:
-        failed = run_sweep(sweep, root, not args.no_progress, parallel, args.ray).failed
+        failed = run_sweep(sweep, root, not args.no_progress, parallel, args.ray, merged).failed
     except KeyboardInterrupt:
         _say(f"interrupted: go on with fedprivacy sweep {args.sweep} --out {root}", "yellow")
         return 130
@@ -205,6 +214,11 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--ray", default="", metavar="ADDRESS",
                        help="run each run as a task on this existing Ray cluster "
                             "('auto' or HOST:PORT)")
+    sweep.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       help="run only these of the sweep's seeds")
+    sweep.add_argument("--merge", action="append", default=[], metavar="RESULTS_CSV",
+                       help="compare with the rows of another results.csv of this sweep file "
+                            "(other seeds, run elsewhere); repeatable")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(fn=cmd_sweep)
     align = sub.add_parser("align", parents=[common],

@@ -41,6 +41,11 @@ CPUs its run's private Ray may take (``simulation.ray_cpus``, 1 when 0), or none
 own simulation attaches to a cluster (its clients then reserve theirs). Every node needs this
 package installed and the sweep folder on a file system it shares with the others.
 
+Seeds of one sweep can run apart (``--seeds``: only those; on other machines, at other times)
+and be compared as one: ``--merge`` adds the rows of another ``results.csv`` of the same sweep
+file to the tables (`merged_rows`: each must be a run of the sweep with the same overrides, and
+not one this sweep runs; it is marked ``merged_from``, and neither rerun nor tracked).
+
 With ``tracking.backend: mlflow`` (the same for every run) the sweep is a parent MLflow run
 and each run is logged nested under it as it ends (`fedprivacy.tracking`); the experiment is
 ``tracking.experiment`` or the sweep's ``name``, the store by default ``<sweep>/mlruns``.
@@ -49,6 +54,7 @@ and each run is logged nested under it as it ends (`fedprivacy.tracking`); the e
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import statistics
 import threading
@@ -154,6 +160,56 @@ class SweepOutcome:
         return [r for r in self.rows if r.get("status") == FAILED]
 
 
+def only_seeds(sweep: Sweep, seeds: list[int]) -> Sweep:
+    """The sweep with the runs of ``seeds`` only (``--seeds``)."""
+    known = sorted({r.seed for r in sweep.runs})
+    if unknown := sorted(set(seeds) - set(known)):
+        raise ConfigError(f"--seeds: {unknown} not among the sweep's seeds {known}")
+    return dataclasses.replace(sweep, runs=[r for r in sweep.runs if r.seed in seeds])
+
+
+def _cell(text: str) -> Any:
+    """A ``results.csv`` cell as the row held it: int, float or str (``None`` when empty)."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def merged_rows(paths: list[str | Path], full: Sweep, sweep: Sweep) -> list[dict[str, Any]]:
+    """The rows of other ``results.csv`` files of the sweep file ``full`` (all its seeds), to
+    compare with the runs of ``sweep`` (``full``, or `only_seeds` of it). Each row must be a
+    run of ``full`` with the same overrides, in no other file and not a run of ``sweep``; each
+    gets ``merged_from``."""
+    expected = {(r.variant, r.seed): " ".join(r.overrides) for r in full.runs}
+    seen = {(r.variant, r.seed): "this sweep runs it too (leave its seed out: --seeds)"
+            for r in sweep.runs}
+    rows: list[dict[str, Any]] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"--merge: file not found: {path}")
+        with path.open(newline="") as fh:
+            raws = list(csv.DictReader(fh))
+        for line, raw in enumerate(raws, start=2):
+            row = {k: v for k, v in ((k, _cell(t)) for k, t in raw.items()) if v is not None}
+            key = (str(row.get("variant", "")), row.get("seed"))
+            where = f"--merge {path}, line {line} ({key[0]!r}, seed {key[1]})"
+            if key not in expected:
+                raise ConfigError(f"{where}: not a run of this sweep file")
+            if str(row.get("overrides", "")) != expected[key]:
+                raise ConfigError(f"{where}: made with overrides {row.get('overrides')!r}, the "
+                                  f"sweep file's are {expected[key]!r}")
+            if key in seen:
+                raise ConfigError(f"{where}: {seen[key]}")
+            seen[key] = f"already merged from {path}"
+            rows.append({**row, "merged_from": str(path)})
+    return rows
+
+
 def sweep_root(sweep: Sweep, out_dir: str | Path | None = None) -> Path:
     """The sweep's absolute folder: ``out_dir`` or ``runs/sweep-<name>-<time>``."""
     path = Path(out_dir) if out_dir else (
@@ -225,7 +281,8 @@ def _row_head(run: SweepRun, root: Path) -> dict[str, Any]:
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = True,
-              parallel: int = 1, ray_address: str = "") -> SweepOutcome:
+              parallel: int = 1, ray_address: str = "",
+              merged: list[dict[str, Any]] | None = None) -> SweepOutcome:
     """Run every run of ``sweep``, ``parallel`` at a time (as Ray tasks on the cluster at
     ``ray_address`` when one is named); write the comparison after each.
 
@@ -234,7 +291,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = 
     one resumes, so a killed sweep goes on where it stopped. A run that fails is a row with its
     error (``status`` failed) and the sweep goes on; an interrupt stops the sweep. With
     tracking on, each run is logged under the sweep's parent MLflow run as it ends (in
-    parallel: once the runs before it have ended). Per-run progress bars are off in parallel."""
+    parallel: once the runs before it have ended). Per-run progress bars are off in parallel.
+    The ``merged`` rows (`merged_rows`) come first in the tables; they are not runs here."""
     if parallel < (0 if ray_address else 1):
         raise ConfigError(f"--parallel: must be >= 1, or 0 with --ray (got {parallel})")
     check(sweep.tracking)
@@ -252,8 +310,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, progress: bool = 
             while len(rows) in ended:  # rows (and tracking) in the sweep's order
                 rows.append(ended[len(rows)])
                 tracker.add(rows[-1])
-            write_results(root, [ended[i] for i in sorted(ended)], sweep.metrics,
-                          sweep.baseline, sweep.tradeoff)
+            write_results(root, (merged or []) + [ended[i] for i in sorted(ended)],
+                          sweep.metrics, sweep.baseline, sweep.tradeoff)
 
         if ray_address:
             _run_on_ray(sweep, root, parallel, ray_address, record)

@@ -1,12 +1,14 @@
 """Run folder records, checkpoints and sweep expansion/aggregation."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedprivacy.config import ConfigError, load_config
-from fedprivacy.report import RunFolder, flatten_dict, summary_markdown
+from fedprivacy.report import RunFolder, flatten_dict, summary_markdown, versions
 from fedprivacy.simulations.sweep import aggregate, load_sweep, results_markdown, write_results
 
 pytestmark = pytest.mark.unit
@@ -41,6 +43,15 @@ def test_summary_markdown_flattens_nested_values():
     # Assert
     assert "| final.eval_loss | 1.235 |" in text
     assert flatten_dict({"a": {"b": {"c": 1}}, "d": [1]}) == {"a.b.c": 1, "d": [1]}
+
+
+def test_versions_name_the_cpu_and_the_kernels_torch_picked():
+    # Execute
+    found = versions()
+    # Assert: what decides a run's float rounding besides the packages is recorded
+    assert found["cpu_count"] == str(os.cpu_count()) and found["cpu"]
+    assert found["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert found["torch"] == torch.__version__
 
 
 def _sweep_file(tmp_path, body):

@@ -1,5 +1,6 @@
-"""A sweep survives a crashed run and reuses a finished run only for the same config
-(`run_experiment` stands in for the simulation: it writes what a finished run leaves)."""
+"""A sweep survives a crashed run, reuses a finished run only for the same config, and
+compares seeds run apart (`run_experiment` stands in for the simulation: it writes what a
+finished run leaves)."""
 
 import csv
 
@@ -28,7 +29,7 @@ class FakeRuns:
         if cfg.train.lr == self.crash_lr:
             raise OSError(28, "No space left on device", f"{cfg.out_dir}/metrics.jsonl")
         (folder.path / "summary.json").write_text(
-            f'{{"name": "{cfg.name}", "final": {{"eval_loss": {cfg.train.lr * 100}}}}}')
+            f'{{"name": "{cfg.name}", "final": {{"eval_loss": {cfg.train.lr * 100 + cfg.seed}}}}}')
         return folder
 
 
@@ -74,3 +75,51 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path, monkeypatc
     assert [r["status"] for r in rows] == ["reused", "finished"]
     assert float(rows[1]["final.eval_loss"]) == pytest.approx(0.3)
     assert [p.name for p in out.glob("lr1-seed0.replaced-*")]  # the old run is kept aside
+
+
+def _two_seeds(tmp_path, lr=0.01):
+    path = lr_sweep(tmp_path, [lr])
+    path.write_text(path.read_text() + "seeds: [0, 1]\n")
+    return path
+
+
+def test_seeds_run_apart_are_compared_as_one_sweep(tmp_path, monkeypatch):
+    # Prepare: seed 0 run on its own (another machine, another day)
+    fake = FakeRuns()
+    monkeypatch.setattr(runner, "run_experiment", fake)
+    sweep = _two_seeds(tmp_path)
+    assert main(["sweep", str(sweep), "--seeds", "0", "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    # Execute: seed 1 elsewhere, merged with seed 0's results
+    code = main(["sweep", str(sweep), "--seeds", "1", "--out", str(tmp_path / "b"),
+                 "--merge", str(tmp_path / "a" / "results.csv"), "--no-progress"])
+    # Assert: each seed ran once; the table is over both (eval_loss 1 and 2)
+    assert code == 0 and fake.done == [("t-lr0-seed0", 0.01), ("t-lr0-seed1", 0.01)]
+    rows = _rows(tmp_path / "b")
+    assert [(r["seed"], r["merged_from"]) for r in rows] == [
+        ("0", str(tmp_path / "a" / "results.csv")), ("1", "")]
+    assert "| lr0 | 1.5 ± 0.71 (n=2) |" in (tmp_path / "b" / "results.md").read_text()
+    assert not (tmp_path / "b" / "lr0-seed0").exists()
+
+
+def test_merge_refuses_rows_of_another_sweep_or_a_run_it_makes(tmp_path, monkeypatch, capsys):
+    # Prepare: seed 0's results, made with lr 0.01
+    monkeypatch.setattr(runner, "run_experiment", FakeRuns())
+    assert main(["sweep", str(_two_seeds(tmp_path)), "--seeds", "0", "--out",
+                 str(tmp_path / "a"), "--no-progress"]) == 0
+    done = str(tmp_path / "a" / "results.csv")
+    other = _two_seeds(tmp_path / "a", lr=0.02)
+    # Execute / Assert: other overrides, a run this sweep makes, a file given twice, a seed
+    # the sweep has not: each names what is wrong
+    cases = [([str(other), "--seeds", "1", "--merge", done], "line 2 ('lr0', seed 0): made "
+              "with overrides 'train.lr=0.01 seed=0', the sweep file's are 'train.lr=0.02"),
+             ([str(_two_seeds(tmp_path)), "--merge", done], "this sweep runs it too"),
+             ([str(_two_seeds(tmp_path)), "--seeds", "1", "--merge", done, "--merge", done],
+              f"already merged from {done}"),
+             ([str(_two_seeds(tmp_path)), "--seeds", "2"], "--seeds: [2] not among the "
+              "sweep's seeds [0, 1]")]
+    for args, message in cases:
+        capsys.readouterr()
+        assert main(["sweep", *args, "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+        assert message in " ".join(capsys.readouterr().out.split())
+    assert not (tmp_path / "b").exists()
